@@ -1,0 +1,87 @@
+"""Small shared helpers: the model's device, per-sample random streams, chunked confidences.
+
+Every model in this project maps a batch of [0,1] images (N,C,H,W) to logits (N,K); any input
+normalisation lives inside the model. The device of a computation is always the model's.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a parameter-free model)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def sample_generator(seed: int, sample_id: int, stream: str, device: torch.device | str = "cpu"
+                     ) -> torch.Generator:
+    """A torch.Generator seeded from (seed, sample_id, stream) alone.
+
+    A sample's random draws therefore do not depend on which batch, process or resume point it
+    was processed in. `stream` separates independent uses ("init_noise", "widths/3", ...).
+    """
+    stream_key = [int(b) for b in stream.encode()]
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(sample_id) & 0xFFFFFFFF, *stream_key])
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
+    return generator
+
+
+def class_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[n, labels[n]]: (N,K) logits, (N,) int labels -> (N,) in [0,1]."""
+    return torch.softmax(logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
+
+
+def chunks(total: int, chunk_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most `chunk_size` covering range(total)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    for start in range(0, total, chunk_size):
+        yield slice(start, min(start + chunk_size, total))
+
+
+@torch.inference_mode()
+def confidences_of(model: nn.Module, make_images: Callable[[slice], torch.Tensor],
+                   labels: torch.Tensor, total: int, chunk_size: int = 256) -> torch.Tensor:
+    """Confidence of `labels` at `total` images that are built chunk by chunk.
+
+    make_images(slice) returns the images of that slice, (n,C,H,W) in [0,1] on the model's device;
+    labels is (total,) int on the same device. At most `chunk_size` images exist at once, which
+    bounds memory however many points are evaluated. Returns (total,) float32 on the device.
+    """
+    out = torch.empty(total, device=labels.device, dtype=torch.float32)
+    for part in chunks(total, chunk_size):
+        out[part] = class_confidence(model(make_images(part)), labels[part])
+    return out
+
+
+@torch.inference_mode()
+def probabilities(model: nn.Module, images: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+    """softmax(model(images)): (N,C,H,W) in [0,1] -> (N,K) float32 on the model's device."""
+    device = model_device(model)
+    return torch.cat([torch.softmax(model(images[part].to(device)).float(), dim=1)
+                      for part in chunks(len(images), chunk_size)])
+
+
+def predict(model: nn.Module, images: torch.Tensor, chunk_size: int = 256
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class and its confidence: (N,C,H,W) in [0,1] -> ((N,) int64, (N,) float32)."""
+    conf, label = probabilities(model, images, chunk_size).max(dim=1)
+    return label, conf
+
+
+@torch.inference_mode()
+def class_confidence_of(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                        chunk_size: int = 256) -> torch.Tensor:
+    """p_y at each image: (N,C,H,W) in [0,1], (N,) labels -> (N,) float32 on the model's device."""
+    device = model_device(model)
+    images, labels = images.to(device), labels.to(device)
+    return confidences_of(model, lambda part: images[part], labels, len(images), chunk_size)

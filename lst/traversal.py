@@ -1,0 +1,205 @@
+"""Level Set Traversal (SPEC §2): walk a source image towards a target inside the model's level set.
+
+Each iteration moves x along d_perp, the part of (x_t - x) orthogonal to the input gradient of the
+cross-entropy of the source class, and accepts the move per sample only if the source-class
+confidence has not dropped by `pthresh` or more below its clean value p0.
+
+The literal algorithm evaluates the model at x (forward+backward) and at the proposal x'
+(forward). Here the forward+backward at x' does both jobs: its confidence decides acceptance and
+its gradient is the next iteration's gradient for every accepted sample; a rejected sample stays
+where it was, so its cached gradient is still right. That is T+1 forward+backward passes for T
+iterations, with the same trajectory as the literal loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .confidence import model_device, predict, probabilities, sample_generator
+from .widths import path_widths
+
+
+@dataclass
+class LSTResult:
+    """What one call of `level_set_traversal` returns. N = number of inputs, R = recordings.
+
+    final_images: (N,C,H,W) float32 in [0,1] on the inputs' device: the blind spots, aligned
+        with the inputs; a skipped (misclassified) source is returned unchanged.
+    kept: (N,) bool: False where the model misclassified the source (no traversal done).
+    init_confs: (N,) float32: p0, source-class confidence at the clean source.
+    final_confs: (N,) float32: source-class confidence at the final image.
+    accept_rate: (N,) float32: fraction of iterations whose step was accepted.
+    log_iters: (R,) int64: the iterations recorded (0, L, 2L, ... < iters).
+    confs_over_path: (N,R,2) float32 or None: source- and target-class confidence at each
+        recorded iterate (before its step).
+    images_over_path: (N,R,C,H,W) uint8 or None: the recorded iterates, 8-bit to stay compact.
+    widths: (N,R,len(width_distances)+1,2) float32 or None: path widths (see `path_widths`).
+    All tensors except final_images are on the CPU.
+    """
+
+    final_images: torch.Tensor
+    kept: torch.Tensor
+    init_confs: torch.Tensor
+    final_confs: torch.Tensor
+    accept_rate: torch.Tensor
+    log_iters: torch.Tensor
+    confs_over_path: torch.Tensor | None = None
+    images_over_path: torch.Tensor | None = None
+    widths: torch.Tensor | None = None
+
+    def numpy(self) -> dict:
+        """The result as a dict of numpy arrays (None stays None), for results files."""
+        return {f.name: (None if getattr(self, f.name) is None
+                         else getattr(self, f.name).detach().cpu().numpy()) for f in fields(self)}
+
+
+def initial_noise(shape: Sequence[int], init_noise: float, seed: int, sample_ids: Sequence[int]
+                  ) -> torch.Tensor:
+    """Uniform noise in [-init_noise/2, +init_noise/2], one CPU stream per sample id.
+
+    Returns (len(sample_ids), *shape) float32 on the CPU; identical on every device and batch.
+    """
+    noise = torch.empty(len(sample_ids), *shape)
+    for k, sid in enumerate(sample_ids):
+        generator = sample_generator(seed, sid, "init_noise")
+        noise[k] = (torch.rand(tuple(shape), generator=generator) - 0.5) * init_noise
+    return noise
+
+
+def orthogonal_step(grad: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """d - (<g,d>/<g,g>) g per sample, over all pixels; d itself where g == 0. (N,C,H,W) -> same.
+
+    The gradient is first rescaled by its largest entry per sample (the projection does not
+    change), so tiny gradients of a nearly saturated softmax neither underflow nor give NaN.
+    """
+    n = grad.shape[0]
+    g = grad.reshape(n, -1).float()
+    d = direction.reshape(n, -1).float()
+    scale = g.abs().amax(dim=1, keepdim=True)
+    g = torch.where(scale > 0, g / scale.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    gg = (g * g).sum(dim=1, keepdim=True)
+    coef = torch.where(gg > 0, (g * d).sum(dim=1, keepdim=True) / gg.clamp_min(1e-30), 0.0)
+    return (d - coef * g).view_as(direction).to(direction.dtype)
+
+
+def _confidence_and_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward+backward: softmax probabilities (N,K) and grad_x CE(f(x), y) per sample.
+
+    The loss is summed over the batch, so each sample's gradient is its own, unscaled.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        grad, = torch.autograd.grad(loss, x)
+    return torch.softmax(logits.detach().float(), dim=1), grad
+
+
+def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
+                        targets: torch.Tensor, *, step_size: float = 5e-2, iters: int = 100,
+                        pthresh: float = 0.05, adv_step_size: float | None = None,
+                        init_noise: float = 4 / 255, log_step: int = 10,
+                        get_confs_over_path: bool = False, get_images: bool = False,
+                        get_widths: bool = False,
+                        width_distances: Sequence[float] = (5, 10, 15, 20, 25, 30),
+                        width_directions: int = 256, target_labels: torch.Tensor | None = None,
+                        seed: int = 0, sample_ids: Sequence[int] | None = None,
+                        progress: bool = False) -> LSTResult:
+    """Run LST from each source towards its target (SPEC §2).
+
+    model: maps [0,1] images (N,C,H,W) to logits; the computation runs on its device.
+    sources, targets: (N,C,H,W) in [0,1]; labels: (N,) source classes; any device.
+    step_size, iters, pthresh: eta, T and delta of the algorithm. adv_step_size: eps of the
+        adversarial term, None to turn it off. init_noise: width nu of the uniform start noise.
+    log_step: record every `log_step` iterations (before the step) when anything is recorded.
+    target_labels: (N,) classes of the targets for the target-class confidence over the path;
+        by default the model's prediction on the targets.
+    seed, sample_ids: the noise of sample k comes from (seed, sample_ids[k]) alone (default ids
+        0..N-1), so a sample's result does not depend on the batch it is in.
+    Returns an `LSTResult`.
+    """
+    if step_size <= 0 or iters < 0 or log_step < 1 or not 0 < pthresh <= 1:
+        raise ValueError("need step_size > 0, iters >= 0, log_step >= 1 and 0 < pthresh <= 1")
+    device = model_device(model)
+    n = len(sources)
+    ids = list(range(n)) if sample_ids is None else [int(i) for i in sample_ids]
+    if len(ids) != n or len(labels) != n or len(targets) != n:
+        raise ValueError("sources, labels, targets and sample_ids must have the same length")
+    x_src = sources.to(device, torch.float32)
+    x_tgt = targets.to(device, torch.float32)
+    y = labels.to(device, torch.int64)
+
+    probs_src = probabilities(model, x_src)
+    kept = probs_src.argmax(dim=1) == y
+    init_confs = probs_src.gather(1, y.view(-1, 1)).squeeze(1)
+    if get_confs_over_path and target_labels is None:
+        target_labels = predict(model, x_tgt)[0]
+    y_tgt = None if target_labels is None else target_labels.to(device, torch.int64)
+
+    log_iters = torch.arange(0, iters, log_step)
+    n_logs = len(log_iters) if (get_confs_over_path or get_images or get_widths) else 0
+    confs_over_path = torch.zeros(n, n_logs, 2) if get_confs_over_path else None
+    images_over_path = (torch.zeros(n, n_logs, *sources.shape[1:], dtype=torch.uint8)
+                        if get_images else None)
+    widths = torch.zeros(n, n_logs, len(width_distances) + 1, 2) if get_widths else None
+    accepted_steps = torch.zeros(n, device=device)
+    final = x_src.clone()
+    final_confs = init_confs.clone()
+
+    idx = kept.nonzero().squeeze(1)
+    if len(idx) > 0:
+        xs, xt, yk, p0 = x_src[idx], x_tgt[idx], y[idx], init_confs[idx]
+        kept_ids = [ids[i] for i in idx.tolist()]
+        noise = initial_noise(sources.shape[1:], init_noise, seed, kept_ids).to(device)
+        x = (xs + noise).clamp(0, 1)
+        adv = torch.zeros_like(x)
+        probs, grad = _confidence_and_grad(model, x, yk)
+        conf = probs.gather(1, yk.view(-1, 1)).squeeze(1)
+        idx_cpu = idx.cpu()
+        for i in tqdm(range(iters), desc="LST", disable=not progress, leave=False):
+            d_perp = orthogonal_step(grad, xt - x)
+            if i % log_step == 0 and n_logs:
+                r = i // log_step
+                if confs_over_path is not None:
+                    confs_over_path[idx_cpu, r, 0] = conf.cpu()
+                    confs_over_path[idx_cpu, r, 1] = probs.gather(
+                        1, y_tgt[idx].view(-1, 1)).squeeze(1).cpu()
+                if images_over_path is not None:
+                    images_over_path[idx_cpu, r] = (x * 255).round().to(torch.uint8).cpu()
+                if widths is not None:
+                    widths[idx_cpu, r] = path_widths(
+                        model, x, d_perp, yk, width_distances, num_directions=width_directions,
+                        seed=seed, sample_ids=kept_ids, stream=f"widths/{r}")
+            if adv_step_size is not None:
+                adv = (adv + (adv_step_size / 2) * grad).clamp(-adv_step_size, adv_step_size)
+            proposal = (x + step_size * d_perp - adv).clamp(0, 1)
+            new_probs, new_grad = _confidence_and_grad(model, proposal, yk)
+            new_conf = new_probs.gather(1, yk.view(-1, 1)).squeeze(1)
+            accept = (p0 - new_conf) < pthresh
+            accepted_steps[idx] += accept.float()
+            a4 = accept.view(-1, 1, 1, 1)
+            x = torch.where(a4, proposal, x)
+            grad = torch.where(a4, new_grad, grad)
+            probs = torch.where(accept.view(-1, 1), new_probs, probs)
+            conf = torch.where(accept, new_conf, conf)
+        final[idx] = x.detach()
+        final_confs[idx] = conf
+    return LSTResult(
+        final_images=final.to(sources.device),
+        kept=kept.cpu(),
+        init_confs=init_confs.detach().cpu(),
+        final_confs=final_confs.cpu(),
+        accept_rate=(accepted_steps / max(iters, 1)).cpu(),
+        log_iters=log_iters[:n_logs] if n_logs else log_iters[:0],
+        confs_over_path=confs_over_path,
+        images_over_path=images_over_path,
+        widths=widths,
+    )
+
+

@@ -1,0 +1,47 @@
+"""Small models and images the tests build themselves (no downloads, CPU only)."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def small_cnn(seed: int = 0, num_classes: int = 10, gain: float = 1.0) -> nn.Module:
+    """A random small CNN on 3x16x16 images; `gain` sharpens its softmax."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(), nn.Linear(64, num_classes))
+    with torch.no_grad():
+        model[-1].weight.mul_(gain)
+    return frozen(model)
+
+
+def linear_classifier(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    """logits = W flatten(x) + b, with W (K, C*H*W)."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    return frozen(nn.Sequential(nn.Flatten(), layer))
+
+
+@pytest.fixture
+def cnn():
+    return small_cnn(gain=100.0)
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(8, 3, 16, 16, generator=g), torch.rand(8, 3, 16, 16, generator=g)
