@@ -85,7 +85,16 @@ def source_hull_stats(model: nn.Module, source: torch.Tensor, label: int,
     sources = source.unsqueeze(0).expand(len(pairs), *source.shape)
     labels = torch.full((len(pairs),), int(label), dtype=torch.int64)
     stats = hull_stats(hull_confidences(model, sources, first, second, labels, n, chunk_size), n)
-    return {k: float(v.min() if k == "edge_min" else v.mean()) for k, v in stats.items()}
+    return {k: float(v[0]) for k, v in aggregate_pairs(stats, len(pairs)).items()}
+
+
+def aggregate_pairs(stats: dict[str, np.ndarray], num_pairs: int) -> dict[str, np.ndarray]:
+    """Per-source statistics from per-triangle ones laid out source by source, (N*num_pairs,).
+
+    Every statistic is the mean over a source's pairs, except edge_min: the minimum. -> (N,) each.
+    """
+    return {k: (v.reshape(-1, num_pairs).min(axis=1) if k == "edge_min"
+                else v.reshape(-1, num_pairs).mean(axis=1)) for k, v in stats.items()}
 
 
 @torch.inference_mode()

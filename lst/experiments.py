@@ -1,0 +1,206 @@
+"""The two modes of the tool (SPEC §4): all-pairs `examples` and the `full_eval` over many sources.
+
+Both take a model on [0,1] images and a dataset of ((C,H,W) in [0,1], label), run LST in batches
+and return results as plain dicts of numpy arrays, ready for `lst.results.save_results`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .confidence import chunks, model_device
+from .data import assign_targets, select_sources, select_targets, stack_items
+from .hull import (aggregate_pairs, hull_confidences, hull_stats, segment_confidences,
+                   triangle_grid)
+from .metrics import image_distances
+from .traversal import level_set_traversal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LSTSettings:
+    """The hyperparameters of one LST run (SPEC §2); `adv_step_size=None` turns the term off."""
+
+    step_size: float = 5e-2
+    iters: int = 100
+    pthresh: float = 0.05
+    adv_step_size: float | None = None
+    init_noise: float = 4 / 255
+    log_step: int = 10
+    get_confs_over_path: bool = False
+    get_images: bool = False
+    get_widths: bool = False
+    width_distances: Sequence[float] = field(default_factory=lambda: (5, 10, 15, 20, 25, 30))
+    width_directions: int = 256
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["width_distances"] = list(self.width_distances)
+        return d
+
+
+def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
+                        targets: torch.Tensor, target_labels: torch.Tensor,
+                        sample_ids: Sequence[int], settings: LSTSettings, batch_size: int,
+                        desc: str = "LST") -> dict[str, np.ndarray]:
+    """LST over N pairs in batches; returns the LSTResult fields (numpy) plus the distances."""
+    parts = []
+    for part in tqdm(list(chunks(len(sources), batch_size)), desc=desc, leave=False):
+        res = level_set_traversal(model, sources[part], labels[part], targets[part],
+                                  target_labels=target_labels[part],
+                                  sample_ids=list(sample_ids[part]), **settings.as_dict())
+        out = res.numpy()
+        device = model_device(model)
+        out.update(image_distances(res.final_images.to(device), targets[part].to(device)))
+        parts.append(out)
+    return {k: (None if parts[0][k] is None else
+                parts[0][k] if k == "log_iters" else np.concatenate([p[k] for p in parts]))
+            for k in parts[0]}
+
+
+def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], out_dir: Path,
+                    dataset_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image per class (§4.1), saved as {out_dir}/{dataset}_target_{class}.png and reused.
+
+    A saved PNG is 8-bit: images that were not 8-bit (resized ImageNet crops) are quantised to
+    1/255 on the first save, and every later run uses the quantised image.
+    """
+    images = [None] * len(classes)
+    missing = []
+    for k, cls in enumerate(classes):
+        png = out_dir / f"{dataset_name}_target_{cls}.png"
+        if png.is_file():
+            images[k] = torch.from_numpy(np.array(Image.open(png).convert("RGB"))).permute(2, 0, 1)
+        else:
+            missing.append(k)
+    if missing:
+        found = select_targets(model, dataset, [classes[k] for k in missing])
+        loaded, _ = stack_items(dataset, found)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for k, img in zip(missing, loaded):
+            pixels = (img * 255).round().clamp(0, 255).to(torch.uint8)
+            Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(
+                out_dir / f"{dataset_name}_target_{classes[k]}.png")
+            images[k] = pixels
+    return torch.stack(images).float() / 255, torch.tensor(list(classes))
+
+
+def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], settings: LSTSettings,
+                 *, out_dir: Path, dataset_name: str, batch_size: int = 64,
+                 hull_chunk: int = 512) -> dict:
+    """All-pairs LST between one image per class (§4.1) and everything the figures need.
+
+    Returns a dict (numpy arrays, K = len(classes)): images (K,C,H,W), labels (K,),
+    blind_spots (K,K,C,H,W) [source s, target t], the diagonal holding the originals;
+    init_confs (K,), final_confs / kept / l2 / linf / ssim / lpips (K,K); limbs (K,K,P) and
+    straight (K,K,P): source-class confidence along source->blind spot and source->target;
+    hull_pairs (M,2) target pairs, hull_confs (K,M,66), and the path recordings asked for,
+    shaped (K,K,...).
+    """
+    images, labels = example_targets(model, dataset, classes, out_dir, dataset_name)
+    k = len(classes)
+    pairs = [(s, t) for s in range(k) for t in range(k) if s != t]
+    src = torch.tensor([s for s, _ in pairs])
+    tgt = torch.tensor([t for _, t in pairs])
+    run = traverse_in_batches(model, images[src], labels[src], images[tgt], labels[tgt],
+                              (src * k + tgt).tolist(), settings, batch_size, desc="LST pairs")
+
+    def square(values: np.ndarray, diagonal) -> np.ndarray:
+        out = np.empty((k, k, *values.shape[1:]), dtype=values.dtype)
+        out[src.numpy(), tgt.numpy()] = values
+        for s in range(k):
+            out[s, s] = diagonal(s) if callable(diagonal) else diagonal
+        return out
+
+    blind = torch.from_numpy(run["final_images"])
+    results = {
+        "classes": list(classes), "images": images.numpy(), "labels": labels.numpy(),
+        "blind_spots": square(run["final_images"], lambda s: images[s].numpy()),
+        "init_confs": run["init_confs"].reshape(k, k - 1)[:, 0],
+        "log_iters": run["log_iters"],
+    }
+    init = results["init_confs"]
+    results["final_confs"] = square(run["final_confs"], lambda s: init[s])
+    results["kept"] = square(run["kept"], True)
+    for key in ("l2", "linf", "ssim", "lpips"):
+        results[key] = square(run[key], np.nan)
+    for key in ("confs_over_path", "images_over_path", "widths"):
+        if run[key] is not None:
+            results[key] = square(run[key], 0)
+    results["limbs"] = square(segment_confidences(model, images[src], blind, labels[src]).numpy(), np.nan)
+    results["straight"] = square(segment_confidences(model, images[src], images[tgt],
+                                                     labels[src]).numpy(), np.nan)
+    # triangles: each source with every pair of its blind spots
+    hull_pairs = [(a, b) for a, b in combinations(range(k), 2)]
+    results["hull_pairs"] = np.array(hull_pairs)
+    confs = np.full((k, len(hull_pairs), len(triangle_grid())), np.nan, dtype=np.float32)
+    spots = torch.from_numpy(results["blind_spots"])
+    for s in range(k):
+        valid = [m for m, (a, b) in enumerate(hull_pairs) if s not in (a, b)]
+        first = spots[s, [hull_pairs[m][0] for m in valid]]
+        second = spots[s, [hull_pairs[m][1] for m in valid]]
+        confs[s, valid] = hull_confidences(model, images[s].expand_as(first), first, second,
+                                           labels[s].repeat(len(valid)), chunk_size=hull_chunk)
+    results["hull_confs"] = confs
+    return results
+
+
+def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, num_samples: int,
+                  rounds: int = 5, batch_size: int = 64, get_final_imgs: bool = False,
+                  hull_chunk: int = 512) -> tuple[dict, dict | None]:
+    """LST from `num_samples` sources to `rounds` targets each (§4.2).
+
+    Returns (results, all_confs). results (N sources, R rounds): source_indices (N,), labels (N,),
+    target_indices / target_labels (N,R), init_confs (N,R) (p0 of the source, per pair),
+    final_confs, kept, accept_rate, l2, linf, ssim, lpips (N,R), path recordings (N,R,...) when
+    asked, and with get_final_imgs final_images (N,R,C,H,W) uint8 and hull_stats (dict of (N,)
+    arrays, Table 2). all_confs (with get_final_imgs, else None): hull_pairs (M,2) round pairs and
+    hull_confs (N,M,66) float32.
+    """
+    started = time.time()
+    pool = select_sources(model, dataset, num_samples, seed=settings.seed)
+    images, labels = stack_items(dataset, pool)
+    targets = assign_targets(labels.numpy(), rounds, seed=settings.seed)
+    src = torch.arange(len(pool)).repeat_interleave(rounds)
+    tgt = torch.from_numpy(targets.reshape(-1))
+    run = traverse_in_batches(model, images[src], labels[src], images[tgt], labels[tgt],
+                              list(range(len(src))), settings, batch_size, desc="full eval")
+    n = len(pool)
+    results = {"source_indices": pool, "labels": labels.numpy(), "target_indices": pool[targets],
+               "target_labels": labels.numpy()[targets], "log_iters": run.pop("log_iters")}
+    blind = run.pop("final_images")
+    for key, value in run.items():
+        if value is not None:
+            results[key] = value.reshape(n, rounds, *value.shape[1:])
+    all_confs = None
+    if get_final_imgs:
+        blind = torch.from_numpy(blind).view(n, rounds, *images.shape[1:])
+        results["final_images"] = (blind * 255).round().to(torch.uint8).numpy()
+        hull_pairs = list(combinations(range(rounds), 2))
+        confs = torch.empty(n, len(hull_pairs), len(triangle_grid()))
+        device = model_device(model)
+        for i in tqdm(range(n), desc="hulls", leave=False):
+            first = blind[i, [a for a, _ in hull_pairs]].to(device)
+            second = blind[i, [b for _, b in hull_pairs]].to(device)
+            confs[i] = hull_confidences(model, images[i].to(device).expand_as(first), first,
+                                        second, labels[i].repeat(len(hull_pairs)),
+                                        chunk_size=hull_chunk)
+        results["hull_stats"] = aggregate_pairs(hull_stats(confs.view(-1, confs.shape[-1])),
+                                                len(hull_pairs))
+        all_confs = {"hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy()}
+    log.info("full eval: %d pairs in %.0f s, mean final confidence %.3f",
+             n * rounds, time.time() - started, float(np.nanmean(results["final_confs"])))
+    return results, all_confs

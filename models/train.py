@@ -1,0 +1,213 @@
+"""Train a CIFAR-size classifier, normally or adversarially (L-inf PGD or FGSM with random start).
+
+    python -m models.train smallcnn shapes --out models/weights/smallcnn-normal.pt
+    python -m models.train smallcnn shapes --adv pgd --out models/weights/smallcnn-linf.pt
+    python -m models.train resnet20 cifar10 --data_path ../shared/data/cifar10 --epochs 30 \
+        --out models/weights/resnet20-normal.pt
+
+Seeded; a checkpoint (OUT.ckpt) is written atomically after every epoch and a rerun of the same
+command resumes from it. The weights file holds the architecture name, the state dict and a
+`meta` dict with the command, training time and clean and PGD-20 test accuracies.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from lst.confidence import chunks
+from lst.data import DataError, load_dataset
+from lst.results import atomic_write
+from models.architectures import ARCHITECTURES
+
+log = logging.getLogger(__name__)
+
+
+def atomic_torch_save(obj: object, path: str | Path) -> None:
+    """torch.save through `lst.results.atomic_write`: never a half-written file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float,
+               steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """L-inf PGD with a uniform random start: (N,C,H,W) in [0,1] -> adversarial images in [0,1]."""
+    delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
+    x_adv = (x + delta).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            grad, = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+        x_adv = x_adv.detach() + step_size * grad.sign()
+        x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
+    return x_adv.detach()
+
+
+def in_memory(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of a dataset as (N,C,H,W) uint8 images and (N,) labels."""
+    images = getattr(dataset, "images", None)
+    if images is not None:  # shapes keeps its uint8 images already
+        return images, torch.as_tensor(dataset.targets)
+    xs, ys = [], []
+    for x, y in tqdm(dataset, desc="loading", leave=False):
+        xs.append((x * 255).round().to(torch.uint8))
+        ys.append(y)
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding and random horizontal flip, per sample. (N,C,H,W)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.stack([padded[k, :, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float = 8 / 255,
+             pgd_steps: int = 20, pgd_samples: int = 1000, batch_size: int = 500) -> dict:
+    """Clean accuracy on all images, PGD-`pgd_steps` (step eps/4) accuracy on the first samples."""
+    model.eval()
+    correct = 0
+    for part in chunks(len(images), batch_size):
+        correct += (model(images[part].float() / 255).argmax(1) == labels[part]).sum().item()
+    robust = 0
+    n_pgd = min(pgd_samples, len(images))
+    generator = torch.Generator().manual_seed(0)
+    for part in chunks(n_pgd, batch_size):
+        x, y = images[part].float() / 255, labels[part]
+        x_adv = pgd_attack(model, x, y, eps, eps / 4, pgd_steps, generator)
+        robust += (model(x_adv).argmax(1) == y).sum().item()
+    return {"clean_acc": correct / len(images), "pgd_acc": robust / max(n_pgd, 1),
+            "pgd_steps": pgd_steps, "pgd_samples": n_pgd, "eps": eps}
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Train (or resume) as the arguments say; write the weights file; return its meta dict."""
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train_set = load_dataset(args.dataset, root=args.data_path, split="train", seed=args.data_seed)
+    test_set = load_dataset(args.dataset, root=args.data_path, split="test", seed=args.data_seed)
+    x_train, y_train = in_memory(train_set)
+    x_test, y_test = in_memory(test_set)
+    if args.train_samples:
+        x_train, y_train = x_train[:args.train_samples], y_train[:args.train_samples]
+    num_classes = int(y_train.max()) + 1
+    model = ARCHITECTURES[args.arch](num_classes=num_classes)
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr,
+                                                    total_steps=args.epochs * steps_per_epoch)
+    ckpt_path = Path(str(args.out) + ".ckpt")
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "num_workers", "argv")}
+    start_epoch, elapsed = 0, 0.0
+    generator = torch.Generator().manual_seed(args.seed)
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["settings"] != settings:
+            raise DataError(f"{ckpt_path} was written with other settings; delete it to start over")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        generator.set_state(ckpt["generator"])
+        start_epoch, elapsed = ckpt["epoch"], ckpt["elapsed"]
+        log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
+
+    eps, alpha = args.eps, args.adv_step_size or (args.eps / 4 if args.adv == "pgd" else 1.25 * args.eps)
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        started = time.time()
+        order = torch.randperm(len(x_train), generator=generator)
+        bar = tqdm(chunks(len(order), args.batch_size), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
+        for part in bar:
+            idx = order[part]
+            x = x_train[idx]
+            if args.dataset != "shapes":
+                x = augment(x, generator)
+            x, y = x.float() / 255, y_train[idx]
+            if args.adv != "none":
+                model.eval()  # attack the current model without touching BN statistics
+                steps = args.pgd_steps if args.adv == "pgd" else 1
+                x = pgd_attack(model, x, y, eps, alpha, steps, generator)
+                model.train()
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        elapsed += time.time() - started
+        atomic_torch_save({"settings": settings, "model": model.state_dict(),
+                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "generator": generator.get_state(), "epoch": epoch + 1,
+                           "elapsed": elapsed}, ckpt_path)
+        log.info("epoch %d done, %.0f s so far", epoch + 1, elapsed)
+
+    model.eval()
+    meta = {"arch": args.arch, "dataset": args.dataset, "adv": args.adv, "epochs": args.epochs,
+            "seed": args.seed, "train_seconds": round(elapsed, 1), "train_samples": len(x_train),
+            "threads": torch.get_num_threads(),
+            "command": "python -m models.train " + " ".join(shlex.quote(a) for a in args.argv)}
+    meta.update(evaluate(model, x_test, y_test, eps=8 / 255, pgd_steps=args.eval_pgd_steps,
+                         pgd_samples=args.eval_pgd_samples))
+    atomic_torch_save({"arch": args.arch, "num_classes": num_classes,
+                       "state_dict": model.state_dict(), "meta": meta}, args.out)
+    return meta
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
+    p.add_argument("arch", choices=sorted(ARCHITECTURES))
+    p.add_argument("dataset", choices=["shapes", "cifar10"])
+    p.add_argument("--data_path", default=None, help="cifar10: torchvision root or folder with train/ and test/")
+    p.add_argument("--out", required=True, help="weights file to write; OUT.ckpt is the checkpoint")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--weight_decay", type=float, default=5e-4)
+    p.add_argument("--adv", choices=["none", "pgd", "fgsm"], default="none")
+    p.add_argument("--eps", type=float, default=8 / 255)
+    p.add_argument("--pgd_steps", type=int, default=5, help="PGD steps per training batch")
+    p.add_argument("--adv_step_size", type=float, default=None,
+                   help="attack step (default eps/4 for PGD, 1.25 eps for FGSM)")
+    p.add_argument("--train_samples", type=int, default=0, help="use only the first N (0: all)")
+    p.add_argument("--eval_pgd_steps", type=int, default=20)
+    p.add_argument("--eval_pgd_samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data_seed", type=int, default=0, help="generation seed of shapes")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--num_workers", type=int, default=0)
+    args = p.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        meta = train(args)
+    except DataError as err:
+        sys.exit(f"error: {err}")
+    print(f"{args.out}: clean accuracy {meta['clean_acc']:.4f}, PGD-{meta['pgd_steps']} accuracy "
+          f"{meta['pgd_acc']:.4f} (eps 8/255, {meta['pgd_samples']} images), "
+          f"trained {meta['train_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

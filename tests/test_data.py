@@ -1,0 +1,164 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from lst.data import (DataConfig, DataError, assign_targets, dataset_labels, load_dataset,
+                      random_classes, select_sources, select_targets)
+from lst.shapes import ShapesDataset
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+def write_tree(root: Path, classes, per_class, size=(32, 32), ext="png"):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for k in range(per_class):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{k:04d}.{ext}")
+
+
+def test_cifar_folder_tree_in_label_order(tmp_path):
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]
+    write_tree(tmp_path / "test", classes[::-1], 2)
+    ds = load_dataset("cifar10", root=tmp_path)
+    assert len(ds) == 20 and ds.classes == classes
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and y == 0 and 0 <= x.min() and x.max() <= 1
+    assert dataset_labels(ds).tolist() == [c for c in range(10) for _ in range(2)]
+
+
+def test_cifar_missing_or_malformed_says_what_layout_is_expected(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        load_dataset("cifar10", root=tmp_path / "nowhere")
+    write_tree(tmp_path / "test", ["a", "b"], 1)
+    with pytest.raises(DataError, match="has 2 class folders"):
+        load_dataset("cifar10", root=tmp_path)
+    with pytest.raises(DataError, match="--cifar_path"):
+        load_dataset("cifar10")
+
+
+def test_imagenet_plain_wnid_folders_with_the_models_preprocessing(tmp_path):
+    wnids = [f"n{k:08d}" for k in range(1000)]
+    for w in wnids:
+        (tmp_path / "val" / w).mkdir(parents=True)
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(tmp_path / "val" / wnids[0] / "a.JPEG")
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(tmp_path / "val" / wnids[7] / "b.JPEG")
+    ds = load_dataset("imagenet", root=tmp_path, config=DataConfig((3, 224, 224), 0.875, "bicubic"))
+    assert len(ds) == 2
+    x, y = ds[1]
+    assert x.shape == (3, 224, 224) and y == 7
+
+
+def test_imagenet_bad_layouts(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("imagenet", root=tmp_path / "nope")
+    (tmp_path / "val" / "n00000001").mkdir(parents=True)
+    with pytest.raises(DataError, match="has 1 class folders"):
+        load_dataset("imagenet", root=tmp_path)
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("mnist")
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 images not present")
+def test_shared_cifar10_test_split():
+    ds = load_dataset("cifar10", root=SHARED_CIFAR)
+    assert len(ds) == 10000
+    assert np.bincount(dataset_labels(ds)).tolist() == [1000] * 10
+    x, y = ds[5000]
+    assert x.shape == (3, 32, 32) and y == 5
+
+
+class Oracle(nn.Module):
+    """Predicts a fixed label per image (stored in the red channel's first pixel)."""
+
+    def __init__(self, confidence_logit=5.0):
+        super().__init__()
+        self.logit = confidence_logit
+        self.dummy = nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, x):
+        label = (x[:, 0, 0, 0] * 255).round().long() % 10
+        logits = torch.zeros(len(x), 10)
+        logits[torch.arange(len(x)), label] = self.logit
+        return logits
+
+
+class Tagged(torch.utils.data.Dataset):
+    """Images whose first pixel encodes what the Oracle will predict."""
+
+    def __init__(self, labels, predicted):
+        self.targets = list(labels)
+        self.predicted = list(predicted)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        x = torch.zeros(3, 4, 4)
+        x[0, 0, 0] = self.predicted[i] / 255
+        return x, self.targets[i]
+
+
+def test_select_targets_takes_the_first_confident_correct_image():
+    labels = [0, 1, 1, 2, 1, 2]
+    predicted = [0, 2, 1, 2, 1, 2]  # item 1 is wrong; item 2 is the first right "1"
+    ds = Tagged(labels, predicted)
+    assert select_targets(Oracle(), ds, [1, 2, 0], batch_size=2) == [2, 3, 0]
+    with pytest.raises(DataError, match="out of range"):
+        select_targets(Oracle(), ds, [5])
+    with pytest.raises(DataError, match="confidence > 0.6"):
+        select_targets(Oracle(confidence_logit=0.1), ds, [1])
+
+
+def test_select_sources_is_seeded_class_spread_and_batch_independent():
+    labels = [c for c in range(10) for _ in range(20)]
+    predicted = [(c + 1) % 10 if k % 4 == 0 else c for k, c in enumerate(labels)]
+    ds = Tagged(labels, predicted)
+    a = select_sources(Oracle(), ds, 50, seed=1, batch_size=7)
+    b = select_sources(Oracle(), ds, 50, seed=1, batch_size=64)
+    assert np.array_equal(a, b) and len(set(a.tolist())) == 50
+    assert all(labels[i] == predicted[i] for i in a)
+    assert np.bincount(np.array(labels)[a], minlength=10).tolist() == [5] * 10
+    assert not np.array_equal(a, select_sources(Oracle(), ds, 50, seed=2))
+    with pytest.raises(DataError, match="split has 200"):
+        select_sources(Oracle(), ds, 201)
+    with pytest.raises(DataError, match="only 150"):
+        select_sources(Oracle(), ds, 160)
+
+
+def test_assign_targets_other_class_and_independent_of_pool_split():
+    labels = np.array([0, 0, 1, 2, 2, 3])
+    t = assign_targets(labels, rounds=5, seed=0)
+    assert t.shape == (6, 5)
+    assert (labels[t] != labels[:, None]).all()
+    assert np.array_equal(t, assign_targets(labels, rounds=5, seed=0))
+    assert np.array_equal(t[:, :3], assign_targets(labels, rounds=3, seed=0))
+
+
+def test_random_classes_are_valid_and_distinct():
+    cls = random_classes(1000, 5, seed=3)
+    assert len(set(cls)) == 5 and all(0 <= c < 1000 for c in cls)
+    assert cls == random_classes(1000, 5, seed=3)
+    with pytest.raises(DataError):
+        random_classes(10, 11)
+
+
+def test_shapes_through_load_dataset():
+    ds = load_dataset("shapes", seed=0)
+    assert isinstance(ds, ShapesDataset) and len(ds) == 2000
+
+
+def test_select_sources_fills_from_other_classes_when_one_runs_short():
+    labels = [c for c in range(10) for _ in range(20)]
+    predicted = [c if (c != 0 or k < 2) else 1 for c in range(10) for k in range(20)]
+    ds = Tagged(labels, predicted)
+    chosen = select_sources(Oracle(), ds, 50, seed=0, batch_size=16)
+    counts = np.bincount(np.array(labels)[chosen], minlength=10)
+    assert len(chosen) == 50 and counts[0] == 2 and counts[1:].min() >= 5 and counts.max() <= 6
+    assert np.array_equal(chosen, select_sources(Oracle(), ds, 50, seed=0, batch_size=300))
