@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,14 @@ def check_args(args: argparse.Namespace) -> None:
     bad = [c for c in args.target_classes if not 0 <= c < num_classes]
     if bad:
         raise DataError(f"class {bad[0]} is out of range: {args.dataset} has classes 0..{num_classes - 1}")
+    if args.dataset == "imagenet" and args.imgnet_path is None:
+        raise DataError("imagenet needs its folder: pass --imgnet_path DIR (val/<wnid>/ images)")
+    if args.dataset == "imagenet" and not args.load_dict and not Path(args.imgnet_path).is_dir():
+        raise DataError(f"ImageNet path {args.imgnet_path} does not exist: expected torchvision's "
+                        "ImageNet layout or val/<wnid>/ folders")
+    if args.dataset == "cifar10" and args.cifar_path is None:
+        raise DataError("cifar10 needs its folder: pass --cifar_path DIR (torchvision's files or "
+                        "test/<class>/ images)")
     if args.examples and len(set(args.target_classes)) < 3:
         raise DataError("--examples needs at least 3 distinct --target_classes")
 
@@ -130,10 +139,13 @@ def stem_of(args: argparse.Namespace) -> str:
 def model_and_data(args: argparse.Namespace):
     from models import load_model
 
+    if args.dataset != "imagenet":  # check the data before loading (maybe big) weights
+        dataset = load_dataset(args.dataset, root=args.cifar_path, seed=args.seed)
     model, config = load_model(args.model, args.dataset, checkpoint=args.load_model_path,
                                model_dir=args.model_dir, device=args.device)
-    root = args.imgnet_path if args.dataset == "imagenet" else args.cifar_path
-    return model, load_dataset(args.dataset, root=root, config=config, seed=args.seed)
+    if args.dataset == "imagenet":  # the resize and crop come from the model's config
+        dataset = load_dataset(args.dataset, root=args.imgnet_path, config=config)
+    return model, dataset
 
 
 def run_examples(args: argparse.Namespace) -> str:
@@ -180,6 +192,10 @@ def run_full_eval(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # library deprecation notices (torch.jit via timm, pkg_resources via RobustBench) are not
+    # the user's business
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = parse_args(argv)
     started = time.time()
     from models import ModelError

@@ -104,7 +104,8 @@ def _load_timm(arch: str, checkpoint: str | None) -> tuple[nn.Module, DataConfig
         cached = _hub_cached_file(hub_id) if hub_id else None
         if cached is not None:
             overlay["file"] = cached
-        elif not reachable("huggingface.co"):
+        elif os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") \
+                or not reachable("huggingface.co"):
             raise ModelError(
                 f"weights of timm model {tagged} are not cached and the Hugging Face Hub cannot be "
                 f"reached: put model.safetensors of hub repo {hub_id} in the Hugging Face cache "

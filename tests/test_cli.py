@@ -1,0 +1,179 @@
+"""The command line end to end on `shapes` with few iterations, and every bad input of §10."""
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import level_set_traversal as cli
+import print_tables
+from lst.results import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--iters", "6", "--log_step", "3", "--batch_size", "8"]
+EXAMPLE_STEM = "smallcnn-normal_shapes_0-1-2_stepsize-0.05_6iters_advstepsize-0"
+
+
+@pytest.fixture(scope="module")
+def examples_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("examples")
+    argv = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
+            "--get_widths", "--get_images", "--get_confs_over_path", "--width_distances", "1", "2",
+            "--width_directions", "8", "--out_dir", str(out), *FAST]
+    assert cli.main(argv) == 0
+    return out
+
+
+def test_examples_write_results_targets_and_figures(examples_dir):
+    names = {p.name for p in examples_dir.iterdir()}
+    assert {f"shapes_target_{c}.png" for c in range(3)} <= names
+    figures = {f"{EXAMPLE_STEM}_{f}.png" for f in
+               ("grid", "star", "widths", "path", "confs_over_path", "triangles_source0",
+                "triangles_source1", "triangles_source2")}
+    assert figures <= names
+    payload = load_results(examples_dir / f"{EXAMPLE_STEM}_examples_dict.pkl")
+    r = payload["results"]
+    assert payload["args"]["model"] == "smallcnn-normal" and r["classes"] == [0, 1, 2]
+    assert r["blind_spots"].shape == (3, 3, 3, 32, 32)
+    assert r["final_confs"].shape == (3, 3) and r["hull_confs"].shape == (3, 3, 66)
+    assert r["widths"].shape == (3, 3, 2, 3, 2) and r["images_over_path"].dtype == np.uint8
+    np.testing.assert_allclose(r["blind_spots"][1, 1], r["images"][1])  # diagonal: originals
+    off = ~np.eye(3, dtype=bool)
+    assert (r["final_confs"][off] >= r["init_confs"][:, None].repeat(3, 1)[off] - 0.05).all()
+
+
+def test_load_dict_redraws_without_running_lst(examples_dir, monkeypatch):
+    grid = examples_dir / f"{EXAMPLE_STEM}_grid.png"
+    grid.unlink()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("LST or the model was used")
+
+    import lst.experiments
+    import models
+    monkeypatch.setattr(lst.experiments, "level_set_traversal", forbidden)
+    monkeypatch.setattr(lst.experiments, "run_examples", forbidden)
+    monkeypatch.setattr(models, "load_model", forbidden)
+    argv = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
+            "--load_dict", "--get_widths", "--width_distances", "1", "2", "--out_dir",
+            str(examples_dir), *FAST]
+    assert cli.main(argv) == 0
+    assert grid.is_file()
+
+
+def test_saved_targets_are_reused(examples_dir, monkeypatch, tmp_path):
+    import lst.experiments
+
+    monkeypatch.setattr(lst.experiments, "select_targets",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("reselected")))
+    argv = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
+            "--out_dir", str(examples_dir), "--desc", "again_", *FAST]
+    assert cli.main(argv) == 0
+    first = load_results(examples_dir / f"{EXAMPLE_STEM}_examples_dict.pkl")["results"]
+    again = load_results(examples_dir / f"again_{EXAMPLE_STEM}_examples_dict.pkl")["results"]
+    np.testing.assert_array_equal(first["images"], again["images"])
+
+
+def test_full_eval_files_and_tables(tmp_path, capsys):
+    argv = ["smallcnn-linf", "shapes", "--full_eval", "--num_samples", "12", "--rounds", "3",
+            "--get_final_imgs", "--adv_pert", "--out_dir", str(tmp_path), *FAST]
+    assert cli.main(argv) == 0
+    stem = "smallcnn-linf_shapes_12samples_stepsize-0.05_6iters_advstepsize-0.00392157"
+    results = load_results(tmp_path / f"{stem}_fulleval_dict.pkl")["results"]
+    all_confs = load_results(tmp_path / f"{stem}_all_confs.pkl")["results"]
+    assert results["final_confs"].shape == (12, 3) and results["final_images"].shape == (12, 3, 3, 32, 32)
+    assert (results["labels"][:, None] != results["target_labels"]).all()
+    assert all_confs["hull_confs"].shape == (12, 3, 66)
+    assert set(results["hull_stats"]) >= {"p_src", "mean", "frac_above_0.2", "edge_min"}
+    capsys.readouterr()
+    assert print_tables.main([str(tmp_path), "--format", "github"]) == 0
+    printed = capsys.readouterr().out
+    assert "SmallCNN (AT)" in printed and "Table 2" in printed and "LPIPS" in printed
+    row1 = [line for line in printed.splitlines() if line.startswith("| SmallCNN")][0]
+    cells = [c.strip() for c in row1.strip("|").split("|")]
+    assert len(cells) == 8
+    for cell in cells[2:7]:  # p0 .. SSIM are finite numbers (LPIPS may be n/a offline)
+        mean, std = (float(v) for v in cell.split("±"))
+        assert np.isfinite(mean) and np.isfinite(std)
+    assert print_tables.main([str(tmp_path / "*_fulleval_dict.pkl")]) == 0
+
+
+def run_cli(*args, cwd, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, str(ROOT / "level_set_traversal.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+
+
+BAD_INPUTS = [
+    (["nonsense-normal", "shapes", "--examples"], "unknown model.*smallcnn-normal"),
+    (["smallcnn-normal", "mnist", "--examples"], "unknown dataset.*shapes"),
+    (["wideresnet-normal", "cifar10", "--examples"], "--cifar_path"),
+    (["wideresnet-normal", "cifar10", "--examples", "--cifar_path", "{tmp}/none"], "test/airplane"),
+    (["resnet50-normal", "imagenet", "--examples", "--imgnet_path", "{tmp}/none"], "does not exist"),
+    (["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "12"], "out of range"),
+    (["smallcnn-normal", "shapes", "--examples", "--step_size", "0"], "--step_size must be positive"),
+    (["smallcnn-normal", "shapes", "--examples", "--iters", "-3"], "--iters must be positive"),
+    (["smallcnn-normal", "shapes", "--examples", "--batch_size", "0"], "--batch_size must be positive"),
+    (["smallcnn-normal", "shapes", "--examples", "--pthresh", "1.5"], r"\(0, 1\]"),
+    (["smallcnn-normal", "shapes", "--examples", "--pthresh", "0"], r"\(0, 1\]"),
+    (["smallcnn-normal", "shapes", "--full_eval", "--num_samples", "3000"], "split has 2000"),
+    (["smallcnn-normal", "shapes", "--examples", "--load_dict"], "cannot read results file"),
+    (["smallcnn-normal", "shapes", "--examples", "--load_model_path", "{tmp}/w.pt"], "not a file"),
+    (["smallcnn-normal", "shapes"], "one of the arguments --examples --full_eval is required"),
+    (["smallcnn-normal", "shapes", "--examples", "--iters", "many"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_INPUTS, ids=[" ".join(a[2:]) or a[0] for a, _ in BAD_INPUTS])
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, argv, message):
+    out = tmp_path / "out"
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out_dir", str(out)]
+    proc = run_cli(*argv, cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    import re
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_weights_that_cannot_be_had_offline(tmp_path):
+    val = tmp_path / "imagenet" / "val"
+    for k in range(1000):
+        (val / f"n{k:08d}").mkdir(parents=True)
+    proc = run_cli("resnet50-normal", "imagenet", "--examples", "--imgnet_path",
+                   str(tmp_path / "imagenet"), "--out_dir", str(tmp_path / "out"), cwd=tmp_path,
+                   env_extra={"HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "timm/resnet50.tv_in1k" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsafe_results_file_is_refused_by_load_dict(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    name = "smallcnn-normal_shapes_0-1-2-3-4_stepsize-0.05_100iters_advstepsize-0_examples_dict.pkl"
+    (out / name).write_bytes(pickle.dumps({"args": {}, "results": Payload()}))
+    proc = run_cli("smallcnn-normal", "shapes", "--examples", "--load_dict", "--out_dir", str(out),
+                   cwd=tmp_path)
+    assert proc.returncode == 2 and "not a safe results file" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_print_tables_bad_input(tmp_path, capsys):
+    assert print_tables.main([str(tmp_path)]) == 2
+    (tmp_path / "x_fulleval_dict.pkl").write_bytes(b"garbage")
+    assert print_tables.main([str(tmp_path)]) == 2
+    assert "x_fulleval_dict.pkl" in capsys.readouterr().err
