@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 import warnings
@@ -69,7 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_dir", default=None, help="RobustBench model directory")
     p.add_argument("--desc", default="", help="prefix of the results file names")
     p.add_argument("--out_dir", default="plots_and_figures")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda; under torchrun each rank takes cuda:LOCAL_RANK")
+    p.add_argument("--restart", action="store_true",
+                   help="full_eval: discard saved partial results instead of resuming")
     return p.parse_args(argv)
 
 
@@ -172,22 +176,40 @@ def run_examples(args: argparse.Namespace) -> str:
             f"{np.nanmean(results['ssim'][off]):.3f}; {path} and {len(figures)} figures in {out_dir}/")
 
 
-def run_full_eval(args: argparse.Namespace) -> str:
+def run_full_eval(args: argparse.Namespace) -> str | None:
+    from lst import distributed
     from lst.experiments import run_full_eval as full_eval
 
+    rank = distributed.setup(args.device)
+    if not rank.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    args.device = str(rank.device)
     out_dir = Path(args.out_dir)
     stem = stem_of(args)
-    model, dataset = model_and_data(args)
-    results, all_confs = full_eval(model, dataset, settings_from(args),
-                                   num_samples=args.num_samples, rounds=args.rounds,
-                                   batch_size=args.batch_size, get_final_imgs=args.get_final_imgs)
-    path = save_results(out_dir / f"{stem}_fulleval_dict.pkl", vars(args), results)
-    written = [path]
-    if all_confs is not None:
-        written.append(save_results(out_dir / f"{stem}_all_confs.pkl", vars(args), all_confs))
-    return (f"full_eval: {results['final_confs'].size} pairs, mean final confidence "
-            f"{np.nanmean(results['final_confs']):.3f}, mean L2 {np.nanmean(results['l2']):.3f}, "
-            f"mean SSIM {np.nanmean(results['ssim']):.3f}; wrote {', '.join(map(str, written))}")
+    parts_dir = out_dir / f"{stem}_fulleval_parts"
+    if args.restart and rank.is_main and parts_dir.exists():
+        shutil.rmtree(parts_dir)
+    distributed.barrier()
+    try:
+        model, dataset = model_and_data(args)
+        results, all_confs = full_eval(
+            model, dataset, settings_from(args), num_samples=args.num_samples, rounds=args.rounds,
+            batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, parts_dir=parts_dir,
+            run_key={"model": args.model, "dataset": args.dataset,
+                     "load_model_path": args.load_model_path}, rank=rank)
+        if not rank.is_main:
+            return None
+        path = save_results(out_dir / f"{stem}_fulleval_dict.pkl", vars(args), results)
+        written = [path]
+        if all_confs is not None:
+            written.append(save_results(out_dir / f"{stem}_all_confs.pkl", vars(args), all_confs))
+        shutil.rmtree(parts_dir)
+    finally:
+        distributed.teardown()
+    return (f"full_eval: {results['final_confs'].size} pairs on {rank.world_size} process(es), "
+            f"mean final confidence {np.nanmean(results['final_confs']):.3f}, mean L2 "
+            f"{np.nanmean(results['l2']):.3f}, mean SSIM {np.nanmean(results['ssim']):.3f}; "
+            f"wrote {', '.join(map(str, written))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelError, ResultsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{summary} ({time.time() - started:.0f} s)")
+    if summary is not None:  # other ranks of a torchrun stay quiet
+        print(f"{summary} ({time.time() - started:.0f} s)")
     return 0
 
 

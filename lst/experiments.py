@@ -20,10 +20,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .confidence import chunks, model_device
-from .data import assign_targets, select_sources, select_targets, stack_items
+from .data import assign_targets, dataset_labels, select_sources, select_targets, stack_items
+from .distributed import Rank, barrier, broadcast
 from .hull import (aggregate_pairs, hull_confidences, hull_stats, segment_confidences,
                    triangle_grid)
 from .metrics import image_distances
+from .results import ResultsError, load_results, plain, save_results
 from .traversal import level_set_traversal
 
 log = logging.getLogger(__name__)
@@ -55,10 +57,11 @@ class LSTSettings:
 def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
                         targets: torch.Tensor, target_labels: torch.Tensor,
                         sample_ids: Sequence[int], settings: LSTSettings, batch_size: int,
-                        desc: str = "LST") -> dict[str, np.ndarray]:
+                        desc: str = "LST", progress: bool = True) -> dict[str, np.ndarray]:
     """LST over N pairs in batches; returns the LSTResult fields (numpy) plus the distances."""
     parts = []
-    for part in tqdm(list(chunks(len(sources), batch_size)), desc=desc, leave=False):
+    for part in tqdm(list(chunks(len(sources), batch_size)), desc=desc, leave=False,
+                     disable=not progress):
         res = level_set_traversal(model, sources[part], labels[part], targets[part],
                                   target_labels=target_labels[part],
                                   sample_ids=list(sample_ids[part]), **settings.as_dict())
@@ -158,49 +161,147 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     return results
 
 
+class ResumeError(ResultsError):
+    """Saved partial state that does not belong to this run."""
+
+
+def _part_name(pair_ids: np.ndarray) -> str:
+    return f"pairs_{int(pair_ids[0]):08d}_{int(pair_ids[-1]):08d}.pkl"
+
+
+def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, num_samples: int,
+                    rounds: int, parts_dir: Path | None, run_key: dict, rank: Rank) -> dict:
+    """Sources and targets of the run: from the saved state when resuming, else chosen anew.
+
+    Rank 0 decides and every rank gets the same plan. A saved state written with other
+    results-relevant arguments raises ResumeError on every rank.
+    """
+    plan, error = None, None
+    if rank.is_main:
+        state_path = parts_dir / "state.pkl" if parts_dir is not None else None
+        if state_path is not None and state_path.is_file():
+            state = load_results(state_path)
+            if state["args"] != plain(run_key):
+                changed = sorted(k for k in set(state["args"]) | set(plain(run_key))
+                                 if state["args"].get(k) != plain(run_key).get(k))
+                error = (f"{parts_dir} holds a partial run with other arguments ({', '.join(changed)}); "
+                         "rerun with the same arguments to resume, or pass --restart to discard it")
+            else:
+                plan = state["results"]
+                log.info("resuming from %s", parts_dir)
+        else:
+            pool = select_sources(model, dataset, num_samples, seed=settings.seed)
+            labels = dataset_labels(dataset)[pool]
+            plan = {"pool": pool, "targets": assign_targets(labels, rounds, seed=settings.seed)}
+            if state_path is not None:
+                save_results(state_path, run_key, plan)
+    plan, error = broadcast((plan, error))
+    if error is not None:
+        raise ResumeError(error)
+    return plan
+
+
 def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, num_samples: int,
                   rounds: int = 5, batch_size: int = 64, get_final_imgs: bool = False,
-                  hull_chunk: int = 512) -> tuple[dict, dict | None]:
-    """LST from `num_samples` sources to `rounds` targets each (§4.2).
+                  hull_chunk: int = 512, parts_dir: Path | None = None,
+                  run_key: dict | None = None, rank: Rank = Rank()) -> tuple[dict | None, dict | None]:
+    """LST from `num_samples` sources to `rounds` targets each (§4.2), resumable and sharded.
 
-    Returns (results, all_confs). results (N sources, R rounds): source_indices (N,), labels (N,),
-    target_indices / target_labels (N,R), init_confs (N,R) (p0 of the source, per pair),
-    final_confs, kept, accept_rate, l2, linf, ssim, lpips (N,R), path recordings (N,R,...) when
-    asked, and with get_final_imgs final_images (N,R,C,H,W) uint8 and hull_stats (dict of (N,)
-    arrays, Table 2). all_confs (with get_final_imgs, else None): hull_pairs (M,2) round pairs and
-    hull_confs (N,M,66) float32.
+    Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
+    does not depend on the batch size, the number of processes or a resume. With `parts_dir`,
+    every finished batch is saved there atomically and a rerun with the same `run_key` skips the
+    pairs already done. Under torch.distributed (`rank`), rank r takes the pairs k % world == r;
+    rank 0 merges all parts (parts_dir must then be on a filesystem all ranks share).
+
+    Returns (results, all_confs) on rank 0 and (None, None) elsewhere. results (N sources, R
+    rounds): source_indices (N,), labels (N,), target_indices / target_labels (N,R), init_confs
+    (N,R) (p0 of the source, per pair), final_confs, kept, accept_rate, l2, linf, ssim, lpips
+    (N,R), path recordings (N,R,...) when asked, and with get_final_imgs final_images
+    (N,R,C,H,W) uint8 and hull_stats (dict of (N,) arrays, Table 2). all_confs (with
+    get_final_imgs, else None): hull_pairs (M,2) round pairs and hull_confs (N,M,66) float32.
     """
     started = time.time()
-    pool = select_sources(model, dataset, num_samples, seed=settings.seed)
-    images, labels = stack_items(dataset, pool)
-    targets = assign_targets(labels.numpy(), rounds, seed=settings.seed)
-    src = torch.arange(len(pool)).repeat_interleave(rounds)
-    tgt = torch.from_numpy(targets.reshape(-1))
-    run = traverse_in_batches(model, images[src], labels[src], images[tgt], labels[tgt],
-                              list(range(len(src))), settings, batch_size, desc="full eval")
+    run_key = dict(run_key or {}, settings=settings.as_dict(), num_samples=num_samples,
+                   rounds=rounds, get_final_imgs=get_final_imgs)
+    plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, parts_dir, run_key, rank)
+    pool, targets = plan["pool"], plan["targets"]
+    n_pairs = len(pool) * rounds
+    barrier()
+    done = np.zeros(n_pairs, dtype=bool)
+    parts = sorted(parts_dir.glob("pairs_*.pkl")) if parts_dir is not None else []
+    for part in parts:
+        done[load_results(part)["results"]["pair_ids"]] = True
+    todo = np.flatnonzero(~done)
+    mine = todo[todo % rank.world_size == rank.rank]
+    in_memory = []
+    source_of, round_of = mine // rounds, mine % rounds
+    bar = tqdm(total=n_pairs, initial=int(done.sum()), desc="full eval (pairs)",
+               disable=not rank.is_main, smoothing=0.05)
+    for part in chunks(len(mine), batch_size):
+        ids = mine[part]
+        src_images, src_labels = stack_items(dataset, pool[source_of[part]])
+        tgt_images, tgt_labels = stack_items(dataset, pool[targets[source_of[part], round_of[part]]])
+        run = traverse_in_batches(model, src_images, src_labels, tgt_images, tgt_labels,
+                                  ids.tolist(), settings, batch_size, progress=False)
+        if not get_final_imgs:
+            run.pop("final_images")
+        run["pair_ids"] = ids
+        if parts_dir is not None:
+            save_results(parts_dir / _part_name(ids), run_key, run)
+        else:
+            in_memory.append(run)
+        bar.update(len(ids) * rank.world_size)
+    bar.close()
+    barrier()
+    if not rank.is_main:
+        return None, None
+    if parts_dir is not None:
+        in_memory = [load_results(p)["results"] for p in sorted(parts_dir.glob("pairs_*.pkl"))]
+    merged = _merge_parts(in_memory, n_pairs)
     n = len(pool)
-    results = {"source_indices": pool, "labels": labels.numpy(), "target_indices": pool[targets],
-               "target_labels": labels.numpy()[targets], "log_iters": run.pop("log_iters")}
-    blind = run.pop("final_images")
-    for key, value in run.items():
-        if value is not None:
-            results[key] = value.reshape(n, rounds, *value.shape[1:])
+    labels = dataset_labels(dataset)[pool]
+    results = {"source_indices": pool, "labels": labels, "target_indices": pool[targets],
+               "target_labels": labels[targets], "log_iters": merged.pop("log_iters")}
+    blind = merged.pop("final_images", None)
+    for key, value in merged.items():
+        results[key] = value.reshape(n, rounds, *value.shape[1:])
     all_confs = None
     if get_final_imgs:
-        blind = torch.from_numpy(blind).view(n, rounds, *images.shape[1:])
+        blind = torch.from_numpy(blind).view(n, rounds, *blind.shape[1:])
         results["final_images"] = (blind * 255).round().to(torch.uint8).numpy()
-        hull_pairs = list(combinations(range(rounds), 2))
-        confs = torch.empty(n, len(hull_pairs), len(triangle_grid()))
-        device = model_device(model)
-        for i in tqdm(range(n), desc="hulls", leave=False):
-            first = blind[i, [a for a, _ in hull_pairs]].to(device)
-            second = blind[i, [b for _, b in hull_pairs]].to(device)
-            confs[i] = hull_confidences(model, images[i].to(device).expand_as(first), first,
-                                        second, labels[i].repeat(len(hull_pairs)),
-                                        chunk_size=hull_chunk)
-        results["hull_stats"] = aggregate_pairs(hull_stats(confs.view(-1, confs.shape[-1])),
-                                                len(hull_pairs))
-        all_confs = {"hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy()}
+        results["hull_stats"], all_confs = _full_eval_hulls(model, dataset, pool, blind,
+                                                            hull_chunk)
     log.info("full eval: %d pairs in %.0f s, mean final confidence %.3f",
-             n * rounds, time.time() - started, float(np.nanmean(results["final_confs"])))
+             n_pairs, time.time() - started, float(np.nanmean(results["final_confs"])))
     return results, all_confs
+
+
+def _merge_parts(parts: list[dict], n_pairs: int) -> dict:
+    """Stack per-batch results into arrays indexed by pair id (0..n_pairs-1)."""
+    ids = np.concatenate([p["pair_ids"] for p in parts])
+    if len(ids) != n_pairs or not np.array_equal(np.sort(ids), np.arange(n_pairs)):
+        raise ResumeError(f"saved parts cover {len(np.unique(ids))} of {n_pairs} pairs")
+    order = np.argsort(ids)
+    merged = {"log_iters": parts[0]["log_iters"]}
+    for key, value in parts[0].items():
+        if key not in ("pair_ids", "log_iters") and value is not None:
+            merged[key] = np.concatenate([p[key] for p in parts])[order]
+    return merged
+
+
+def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind: torch.Tensor,
+                     hull_chunk: int) -> tuple[dict, dict]:
+    """Table 2: each source with every pair of its blind spots (blind: (N,R,C,H,W) float)."""
+    n, rounds = blind.shape[:2]
+    hull_pairs = list(combinations(range(rounds), 2))
+    confs = torch.empty(n, len(hull_pairs), len(triangle_grid()))
+    device = model_device(model)
+    for i in tqdm(range(n), desc="hulls", leave=False):
+        image, label = dataset[int(pool[i])]
+        first = blind[i, [a for a, _ in hull_pairs]].to(device)
+        second = blind[i, [b for _, b in hull_pairs]].to(device)
+        confs[i] = hull_confidences(model, image.to(device).expand_as(first), first, second,
+                                    torch.tensor(label).repeat(len(hull_pairs)),
+                                    chunk_size=hull_chunk)
+    stats = aggregate_pairs(hull_stats(confs.view(-1, confs.shape[-1])), len(hull_pairs))
+    return stats, {"hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy()}

@@ -1,0 +1,107 @@
+"""Long runs: resume after SIGKILL, independence of batch size and process count, torchrun."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lst.results import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["smallcnn-normal", "shapes", "--full_eval", "--num_samples", "10", "--rounds", "3",
+        "--get_final_imgs", "--adv_pert", "--pthresh", "0.2", "--step_size", "0.02"]
+STEM = "smallcnn-normal_shapes_10samples_stepsize-0.02_{iters}iters_advstepsize-0.00392157"
+
+
+def command(out_dir, *extra, launcher=None):
+    launcher = launcher or [sys.executable]
+    return [*launcher, str(ROOT / "level_set_traversal.py"), *ARGS, "--out_dir", str(out_dir),
+            *extra]
+
+
+def run(cmd, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT, **kw)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def results_of(out_dir, iters):
+    return load_results(Path(out_dir) / f"{STEM.format(iters=iters)}_fulleval_dict.pkl")["results"]
+
+
+def assert_same(a, b, atol=0.0):
+    for key in ("source_indices", "target_indices", "kept"):
+        np.testing.assert_array_equal(a[key], b[key])
+    for key in ("init_confs", "final_confs", "l2", "ssim", "accept_rate"):
+        np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=0)
+    np.testing.assert_allclose(a["final_images"].astype(int), b["final_images"].astype(int),
+                               atol=1 if atol else 0)
+    for key in a["hull_stats"]:
+        np.testing.assert_allclose(a["hull_stats"][key], b["hull_stats"][key], atol=atol, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    run(command(out, "--iters", "30", "--batch_size", "4"))
+    return results_of(out, 30)
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, reference):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = command(tmp_path, "--iters", "30", "--batch_size", "4")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            cwd=ROOT)
+    parts = tmp_path / f"{STEM.format(iters=30)}_fulleval_parts"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(parts.glob("pairs_*.pkl"))) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = list(parts.glob("pairs_*.pkl"))
+    assert 2 <= len(done) < 8  # 30 pairs in batches of 4
+    assert not (tmp_path / f"{STEM.format(iters=30)}_fulleval_dict.pkl").exists()
+    resumed = run(cmd)
+    assert "resuming" in resumed.stderr
+    assert_same(results_of(tmp_path, 30), reference)
+    assert not parts.exists()  # cleaned up after the final write
+
+
+def test_changed_arguments_refuse_to_mix_with_a_partial_run(tmp_path):
+    parts = tmp_path / f"{STEM.format(iters=30)}_fulleval_parts"
+    # leave the partial state of a run with another seed where this one would resume
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command(tmp_path, "--iters", "30", "--batch_size", "4", "--seed", "1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    while proc.poll() is None and not list(parts.glob("pairs_*.pkl")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    clash = subprocess.run(command(tmp_path, "--iters", "30", "--batch_size", "4"),
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert clash.returncode == 2
+    lines = clash.stderr.strip().splitlines()
+    assert "other arguments (settings)" in lines[-1] and "--restart" in lines[-1], clash.stderr
+    restarted = run(command(tmp_path, "--iters", "30", "--batch_size", "4", "--restart"))
+    assert "resuming" not in restarted.stderr
+
+
+def test_batch_size_does_not_change_results(tmp_path, reference):
+    run(command(tmp_path, "--iters", "30", "--batch_size", "8"))
+    assert_same(results_of(tmp_path, 30), reference, atol=1e-4)
+
+
+def test_two_processes_with_gloo_give_the_single_process_result(tmp_path, reference):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2"]
+    proc = run(command(tmp_path, "--iters", "30", "--batch_size", "4", launcher=launcher))
+    assert "on 2 process(es)" in proc.stdout
+    assert_same(results_of(tmp_path, 30), reference, atol=1e-4)
