@@ -1,0 +1,105 @@
+"""models.train on tiny data the test builds; the shipped weights reach their stated accuracy."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lst.data import dataset_labels, load_dataset
+from lst.shapes import ShapesDataset
+from models import WEIGHTS_DIR, load_model, load_own_weights
+from models.train import main as train_main
+from models.train import pgd_attack
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for c, name in enumerate(CLASSES):
+            (tmp_path / split / name).mkdir(parents=True)
+            for k in range(n):
+                pixels = np.full((32, 32, 3), c * 25, np.uint8) + rng.integers(0, 20, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{k}.png")
+    return tmp_path
+
+
+def test_training_runs_checkpoints_and_resumes(tiny_cifar, tmp_path, caplog):
+    out = tmp_path / "w" / "resnet20.pt"
+    base = ["resnet20", "cifar10", "--data_path", str(tiny_cifar), "--out", str(out),
+            "--batch_size", "8", "--eval_pgd_samples", "4", "--eval_pgd_steps", "2"]
+    train_main(base + ["--epochs", "1"])
+    blob = torch.load(out, weights_only=True)
+    assert blob["meta"]["epochs"] == 1 and 0 <= blob["meta"]["clean_acc"] <= 1
+    assert Path(str(out) + ".ckpt").is_file()
+    model = load_own_weights(out)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    # a second run with the same settings resumes from the checkpoint instead of starting over
+    first_ckpt = torch.load(str(out) + ".ckpt", weights_only=False)
+    assert first_ckpt["epoch"] == 1
+    with caplog.at_level("INFO"):
+        train_main(base + ["--epochs", "1"])
+    assert "resuming" in caplog.text
+    with pytest.raises(SystemExit):  # other settings: refuses to mix with the checkpoint
+        train_main(base + ["--epochs", "1", "--lr", "0.05"])
+
+
+def test_adversarial_training_steps(tiny_cifar, tmp_path):
+    for adv in ("pgd", "fgsm"):
+        out = tmp_path / f"{adv}.pt"
+        train_main(["smallcnn", "cifar10", "--data_path", str(tiny_cifar), "--out", str(out),
+                    "--epochs", "1", "--batch_size", "16", "--adv", adv, "--pgd_steps", "2",
+                    "--eval_pgd_samples", "4", "--eval_pgd_steps", "2"])
+        assert torch.load(out, weights_only=True)["meta"]["adv"] == adv
+
+
+def test_pgd_stays_in_the_ball():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)).eval()
+    x = torch.rand(5, 3, 4, 4)
+    y = torch.randint(0, 3, (5,))
+    adv = pgd_attack(model, x, y, eps=8 / 255, step_size=2 / 255, steps=5)
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    loss = torch.nn.functional.cross_entropy
+    assert loss(model(adv), y) > loss(model(x), y)
+
+
+def stated(name):
+    return torch.load(WEIGHTS_DIR / f"{name}.pt", weights_only=True)["meta"]
+
+
+@pytest.mark.parametrize("name", ["smallcnn-normal", "smallcnn-linf"])
+def test_shipped_smallcnn_accuracy_on_shapes(name):
+    meta = stated(name)
+    model, _ = load_model(name, "shapes")
+    test = ShapesDataset("test", seed=0)
+    with torch.no_grad():
+        acc = (model(test.images.float() / 255).argmax(1) == torch.tensor(test.targets)).float().mean().item()
+    assert acc == pytest.approx(meta["clean_acc"], abs=1e-3)
+    assert acc >= 0.97
+
+
+@pytest.mark.parametrize("name,clean,pgd", [("resnet20-normal", 0.88, None), ("resnet20-linf", 0.60, 0.30)])
+def test_shipped_resnet20_accuracy_on_shared_cifar10(name, clean, pgd):
+    if not SHARED_CIFAR.is_dir():
+        pytest.skip("shared CIFAR-10 images not present")
+    if not (WEIGHTS_DIR / f"{name}.pt").is_file():
+        pytest.skip(f"{name} is not trained and shipped yet (models/MODEL_CARD.md)")
+    model, _ = load_model(name, "cifar10")
+    data = load_dataset("cifar10", root=SHARED_CIFAR)
+    labels = dataset_labels(data)
+    subset = np.arange(0, len(labels), 20)  # a fixed 500-image subset, 50 per class
+    x = torch.stack([data[int(i)][0] for i in subset])
+    y = torch.from_numpy(labels[subset])
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc >= clean - 0.02, acc  # the subset's accuracy, within sampling error of the full set
+    if pgd is not None:
+        adv = pgd_attack(model, x[:200], y[:200], 8 / 255, 2 / 255, 20, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            robust = (model(adv).argmax(1) == y[:200]).float().mean().item()
+        assert robust >= pgd - 0.03, robust
