@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -91,6 +92,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise DataError(f"--adv_step_size must be positive, got {args.adv_step_size}")
     if args.full_eval and args.rounds < 2 and args.get_final_imgs:
         raise DataError("--get_final_imgs needs --rounds >= 2 (triangles need two blind spots)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"--device {args.device} but this machine has no CUDA device; use --device cpu")
+    if args.examples and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DataError("--examples runs in one process; start it without torchrun")
     num_classes = NUM_CLASSES[args.dataset]
     if args.target_classes is None:
         args.target_classes = DEFAULT_TARGETS.get(args.dataset, [0, 1, 2, 3, 4])

@@ -4,7 +4,9 @@
     python benchmarks/bench_lst.py --device cuda    # on a GPU, with larger batches
 
 The LST step cost is the slope of the traversal's wall time in the number of iterations
-(time(1 + k iterations) - time(1 iteration)) / k, so start-up work is not counted. The target
+(time(1 + k iterations) - time(1 iteration)) / k, so start-up work is not counted; each repeat
+measures the bare forward+backward (median of 3) right beside it, and the reported ratio is the
+median of the per-repeat ratios. The target
 (SPEC §9) is LST step / bare forward+backward <= 1.10. It also prints the throughput of path
 widths and hull evaluation in images per second. Models have random weights: speed does not
 depend on them.
@@ -70,10 +72,15 @@ def bench(name, batch, device, iters, repeats):
                                                pthresh=0.2, step_size=1e-2)
 
     bare(), traverse(1)()  # warm-up
-    t_bare = timed(bare, device, repeats)
-    t_one = timed(traverse(1), device, repeats)
-    t_many = timed(traverse(1 + iters), device, repeats)
-    t_step = (t_many - t_one) / iters
+    # paired measurements, median of the per-repeat ratios: robust to a machine's slow drifts
+    ratios, bare_times, step_times = [], [], []
+    for _ in range(repeats):
+        t_bare = timed(bare, device, 3)
+        t_step = (timed(traverse(1 + iters), device, 1) - timed(traverse(1), device, 1)) / iters
+        bare_times.append(t_bare)
+        step_times.append(t_step)
+        ratios.append(t_step / t_bare)
+    t_bare, t_step = statistics.median(bare_times), statistics.median(step_times)
 
     points = x[:2]
     n_dirs, dists = 64, (0.5, 1.0, 1.5, 2.0)
@@ -82,7 +89,7 @@ def bench(name, batch, device, iters, repeats):
                      device, 1)
     t_hull = timed(lambda: lst.hull_confidences(model, x[:2], t[:2], t.flip(0)[:2], y[:2],
                                                 chunk_size=batch * 4), device, 1)
-    return [name, batch, f"{t_bare * 1e3:.1f}", f"{t_step * 1e3:.1f}", f"{t_step / t_bare:.3f}",
+    return [name, batch, f"{t_bare * 1e3:.1f}", f"{t_step * 1e3:.1f}", f"{statistics.median(ratios):.3f}",
             f"{2 * n_dirs * len(dists) / t_widths:.0f}", f"{2 * 66 / t_hull:.0f}"]
 
 
@@ -92,8 +99,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet18-cifar", "resnet50-imagenet"])
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=None,
                         help="one per model (default: 64 4 on CPU, 256 64 on CUDA)")
-    parser.add_argument("--iters", type=int, default=5, help="iterations in the timed slope")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10, help="iterations in the timed slope")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     device = torch.device(args.device)
     batches = args.batch_sizes or ([256, 64] if device.type == "cuda" else [64, 4])

@@ -124,6 +124,7 @@ BAD_INPUTS = [
     (["smallcnn-normal", "shapes", "--examples", "--load_model_path", "{tmp}/w.pt"], "not a file"),
     (["smallcnn-normal", "shapes"], "one of the arguments --examples --full_eval is required"),
     (["smallcnn-normal", "shapes", "--examples", "--iters", "many"], "invalid int value"),
+    (["smallcnn-normal", "shapes", "--examples", "--device", "cuda"], "no CUDA device"),
 ]
 
 
