@@ -12,9 +12,6 @@ import os
 import numpy as np
 import torch
 from torch import nn
-from torchmetrics.functional.image import structural_similarity_index_measure
-from torchmetrics.functional.image.lpips import _LPIPS
-
 from .confidence import chunks
 
 log = logging.getLogger(__name__)
@@ -28,6 +25,8 @@ def lpips_network(device: torch.device | str = "cpu", pretrained_backbone: bool 
 
     pretrained_backbone=False builds it on a randomly initialised AlexNet (no download; for tests).
     """
+    from torchmetrics.functional.image.lpips import _LPIPS  # imported when needed: it is slow
+
     key = (str(device), pretrained_backbone)
     if key not in _LPIPS_CACHE:
         try:
@@ -51,6 +50,8 @@ def ssim(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     taken over the pixels whose window lies inside the image (a 5-pixel border is dropped), the
     convention of Wang et al. and of scikit-image, so padding does not bias small images.
     """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     _, ssim_map = structural_similarity_index_measure(
         images, targets, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0,
         reduction="none", return_full_image=True)

@@ -192,7 +192,8 @@ def load_own_weights(path: str | Path) -> nn.Module:
 def _load_own(name: str, dataset: str, checkpoint: str | None) -> nn.Module:
     path = Path(checkpoint) if checkpoint is not None else own_weights_path(name)
     if not path.is_file() and name.startswith("smallcnn") and checkpoint is None:
-        _train_smallcnn(name, path := lst_home() / "weights" / f"{name}.pt")
+        path = lst_home() / "weights" / f"{name}.pt"
+        _train_smallcnn(name, path)
     if not path.is_file():
         raise ModelError(f"weights of {name} not found at {path}: train them with "
                          f"`python -m models.train {name.split('-')[0]} {dataset} --out {path}` "

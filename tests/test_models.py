@@ -136,3 +136,15 @@ def test_unknown_names_list_the_known_ones():
         load_model("no_such_arch-normal", "imagenet")
     with pytest.raises(ModelError, match="unknown dataset"):
         load_model("smallcnn-normal", "mnist")
+
+
+@pytest.mark.slow
+def test_smallcnn_is_trained_on_first_use_when_no_weights_ship(tmp_path, monkeypatch):
+    """About a minute on 2 CPU cores: the real first-use training, cached in LST_HOME."""
+    monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path / "no_shipped_weights")
+    model, _ = load_model("smallcnn-normal", "shapes")
+    cached = tmp_path / "lst_home" / "weights" / "smallcnn-normal.pt"
+    assert cached.is_file()
+    assert torch.load(cached, weights_only=True)["meta"]["clean_acc"] >= 0.97
+    monkeypatch.setattr(models, "_train_smallcnn", lambda *a: pytest.fail("trained twice"))
+    load_model("smallcnn-normal", "shapes")
