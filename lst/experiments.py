@@ -178,26 +178,35 @@ def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, n
     """
     plan, error = None, None
     if rank.is_main:
-        state_path = parts_dir / "state.pkl" if parts_dir is not None else None
-        if state_path is not None and state_path.is_file():
-            state = load_results(state_path)
-            if state["args"] != plain(run_key):
-                changed = sorted(k for k in set(state["args"]) | set(plain(run_key))
-                                 if state["args"].get(k) != plain(run_key).get(k))
-                error = (f"{parts_dir} holds a partial run with other arguments ({', '.join(changed)}); "
-                         "rerun with the same arguments to resume, or pass --restart to discard it")
-            else:
-                plan = state["results"]
-                log.info("resuming from %s", parts_dir)
-        else:
-            pool = select_sources(model, dataset, num_samples, seed=settings.seed)
-            labels = dataset_labels(dataset)[pool]
-            plan = {"pool": pool, "targets": assign_targets(labels, rounds, seed=settings.seed)}
-            if state_path is not None:
-                save_results(state_path, run_key, plan)
+        try:
+            plan = _load_or_make_plan(model, dataset, settings, num_samples, rounds, parts_dir,
+                                      run_key)
+        except ValueError as err:  # DataError, ResultsError: every rank must stop, not wait
+            error = err
     plan, error = broadcast((plan, error))
     if error is not None:
-        raise ResumeError(error)
+        raise error
+    return plan
+
+
+def _load_or_make_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings,
+                       num_samples: int, rounds: int, parts_dir: Path | None, run_key: dict) -> dict:
+    state_path = parts_dir / "state.pkl" if parts_dir is not None else None
+    if state_path is not None and state_path.is_file():
+        state = load_results(state_path)
+        if state["args"] != plain(run_key):
+            changed = sorted(k for k in set(state["args"]) | set(plain(run_key))
+                             if state["args"].get(k) != plain(run_key).get(k))
+            raise ResumeError(f"{parts_dir} holds a partial run with other arguments "
+                              f"({', '.join(changed)}); rerun with the same arguments to resume, "
+                              "or pass --restart to discard it")
+        log.info("resuming from %s", parts_dir)
+        return state["results"]
+    pool = select_sources(model, dataset, num_samples, seed=settings.seed)
+    labels = dataset_labels(dataset)[pool]
+    plan = {"pool": pool, "targets": assign_targets(labels, rounds, seed=settings.seed)}
+    if state_path is not None:
+        save_results(state_path, run_key, plan)
     return plan
 
 
