@@ -71,7 +71,7 @@ def _triangle_panel(ax, confs: np.ndarray, images: Sequence[np.ndarray], labels:
     filled = ax.tricontourf(tri, confs, levels=np.linspace(0, 1, 21), cmap="viridis",
                             vmin=0, vmax=1)
     ax.triplot(tri, color="white", linewidth=0.2, alpha=0.4)
-    size = 0.3
+    size = 0.38
     offsets = [(-size - 0.02, -size - 0.02), (0.02, -size - 0.02), (-size / 2, 0.02)]
     for vertex, (dx, dy), image, label in zip(_VERTICES, offsets, images, labels):
         inset = ax.inset_axes([vertex[0] + dx, vertex[1] + dy, size, size], transform=ax.transData)
@@ -79,8 +79,8 @@ def _triangle_panel(ax, confs: np.ndarray, images: Sequence[np.ndarray], labels:
         inset.set_xticks([])
         inset.set_yticks([])
         inset.set_title(label, fontsize=6, pad=1)
-    ax.set_xlim(-0.4, 1.4)
-    ax.set_ylim(-0.4, 1.25)
+    ax.set_xlim(-0.45, 1.45)
+    ax.set_ylim(-0.45, 1.32)
     ax.set_aspect("equal")
     ax.axis("off")
     return filled
