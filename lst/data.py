@@ -11,7 +11,6 @@ Datasets yield ((C,H,W) float32 in [0,1], int label); the model does its own nor
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,8 +24,6 @@ from torchvision import transforms as T
 
 from .confidence import chunks, predict
 from .shapes import ShapesDataset
-
-log = logging.getLogger(__name__)
 
 DATASETS = ("imagenet", "cifar10", "shapes")
 NUM_CLASSES = {"imagenet": 1000, "cifar10": 10, "shapes": 10}

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .confidence import class_confidence, confidences_of, model_device, sample_generator
+from .confidence import class_confidence, confidences_of, sample_generator
 
 
 def random_orthogonal_directions(step: torch.Tensor, num_directions: int,
