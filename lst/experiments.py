@@ -120,6 +120,11 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     tgt = torch.tensor([t for _, t in pairs])
     run = traverse_in_batches(model, images[src], labels[src], images[tgt], labels[tgt],
                               (src * k + tgt).tolist(), settings, batch_size, desc="LST pairs")
+    missed = sorted({classes[s] for s, kept in zip(src.tolist(), run["kept"]) if not kept})
+    if missed:
+        log.warning("this model misclassifies the saved %s image(s) of class(es) %s (picked by "
+                    "another model and reused, §4.1): they are left untraversed; give another "
+                    "--out_dir to pick images for this model", dataset_name, missed)
 
     def square(values: np.ndarray, diagonal) -> np.ndarray:
         out = np.empty((k, k, *values.shape[1:]), dtype=values.dtype)

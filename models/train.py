@@ -3,7 +3,9 @@
     python -m models.train smallcnn shapes --out models/weights/smallcnn-normal.pt
     python -m models.train smallcnn shapes --adv pgd --out models/weights/smallcnn-linf.pt
     python -m models.train resnet20 cifar10 --data_path ../shared/data/cifar10 --epochs 30 \
-        --out models/weights/resnet20-normal.pt
+        --out resnet20-normal-stage1.pt
+    python -m models.train resnet20 cifar10 --data_path ../shared/data/cifar10 --epochs 20 \
+        --lr 0.05 --init resnet20-normal-stage1.pt --out models/weights/resnet20-normal.pt
 
 Seeded; a checkpoint (OUT.ckpt) is written atomically after every epoch and a rerun of the same
 command resumes from it. The weights file holds the architecture name, the state dict and a
@@ -97,6 +99,21 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ep
             "pgd_steps": pgd_steps, "pgd_samples": n_pgd, "eps": eps}
 
 
+def warm_start(model: nn.Module, path: str, arch: str) -> dict:
+    """Load the weights file `path` (written by this trainer for `arch`) into `model`; return
+    its meta dict, kept in the new file's meta so the whole training history stays readable."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob["arch"] != arch:
+            raise DataError(f"--init {path} holds a {blob['arch']}, not a {arch}")
+        model.load_state_dict(blob["state_dict"])
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"--init {path} is not a weights file of this trainer ({type(err).__name__})") from None
+    return blob["meta"]
+
+
 def train(args: argparse.Namespace) -> dict:
     """Train (or resume) as the arguments say; write the weights file; return its meta dict."""
     torch.manual_seed(args.seed)
@@ -110,6 +127,7 @@ def train(args: argparse.Namespace) -> dict:
         x_train, y_train = x_train[:args.train_samples], y_train[:args.train_samples]
     num_classes = int(y_train.max()) + 1
     model = ARCHITECTURES[args.arch](num_classes=num_classes)
+    init_meta = warm_start(model, args.init, args.arch) if args.init else None
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                                 weight_decay=args.weight_decay)
@@ -164,7 +182,7 @@ def train(args: argparse.Namespace) -> dict:
     model.eval()
     meta = {"arch": args.arch, "dataset": args.dataset, "adv": args.adv, "epochs": args.epochs,
             "seed": args.seed, "train_seconds": round(elapsed, 1), "train_samples": len(x_train),
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "init": init_meta,
             "command": "python -m models.train " + " ".join(shlex.quote(a) for a in args.argv)}
     meta.update(evaluate(model, x_test, y_test, eps=8 / 255, pgd_steps=args.eval_pgd_steps,
                          pgd_samples=args.eval_pgd_samples))
@@ -191,6 +209,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--train_samples", type=int, default=0, help="use only the first N (0: all)")
     p.add_argument("--eval_pgd_steps", type=int, default=20)
     p.add_argument("--eval_pgd_samples", type=int, default=1000)
+    p.add_argument("--init", default=None,
+                   help="start from this weights file (a warm restart: new optimizer and schedule)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data_seed", type=int, default=0, help="generation seed of shapes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")

@@ -77,6 +77,24 @@ def test_saved_targets_are_reused(examples_dir, monkeypatch, tmp_path):
     np.testing.assert_array_equal(first["images"], again["images"])
 
 
+def test_reused_targets_the_model_misclassifies_are_named(examples_dir, tmp_path, caplog):
+    """A saved target image of another class (as when another model picked them) is left
+    untraversed, and one warning says which class and what to do."""
+    import shutil
+
+    for c in (0, 1, 2):
+        shutil.copy(examples_dir / f"shapes_target_{c}.png", tmp_path / f"shapes_target_{c}.png")
+    shutil.copy(examples_dir / "shapes_target_1.png", tmp_path / "shapes_target_0.png")
+    argv = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
+            "--out_dir", str(tmp_path), *FAST]
+    with caplog.at_level("WARNING"):
+        assert cli.main(argv) == 0
+    assert "class(es) [0]" in caplog.text and "--out_dir" in caplog.text
+    r = load_results(tmp_path / f"{EXAMPLE_STEM}_examples_dict.pkl")["results"]
+    assert not r["kept"][0, 1:].any() and r["kept"][1:, :].all()
+    np.testing.assert_allclose(r["blind_spots"][0, 2], r["images"][0])
+
+
 def test_full_eval_files_and_tables(tmp_path, capsys):
     argv = ["smallcnn-linf", "shapes", "--full_eval", "--num_samples", "12", "--rounds", "3",
             "--get_final_imgs", "--adv_pert", "--out_dir", str(tmp_path), *FAST]

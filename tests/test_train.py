@@ -48,6 +48,21 @@ def test_training_runs_checkpoints_and_resumes(tiny_cifar, tmp_path, caplog):
         train_main(base + ["--epochs", "1", "--lr", "0.05"])
 
 
+def test_warm_start_from_a_weights_file(tiny_cifar, tmp_path):
+    common = ["--data_path", str(tiny_cifar), "--batch_size", "8", "--epochs", "1",
+              "--eval_pgd_samples", "2", "--eval_pgd_steps", "1"]
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    train_main(["smallcnn", "cifar10", "--out", str(first), "--seed", "1"] + common)
+    # a near-zero learning rate: the second run's weights stay those of the first, not a fresh init
+    train_main(["smallcnn", "cifar10", "--out", str(second), "--init", str(first), "--lr", "1e-12"] + common)
+    a, b = torch.load(first, weights_only=True), torch.load(second, weights_only=True)
+    conv = [k for k in a["state_dict"] if k.endswith("weight") and a["state_dict"][k].dim() == 4]
+    assert conv and all(torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6) for k in conv)
+    assert b["meta"]["init"]["command"] == a["meta"]["command"]  # the history is kept
+    with pytest.raises(SystemExit, match="holds a smallcnn, not a resnet20"):
+        train_main(["resnet20", "cifar10", "--out", str(tmp_path / "x.pt"), "--init", str(first)] + common)
+
+
 def test_adversarial_training_steps(tiny_cifar, tmp_path):
     for adv in ("pgd", "fgsm"):
         out = tmp_path / f"{adv}.pt"
@@ -91,6 +106,10 @@ def test_shipped_resnet20_accuracy_on_shared_cifar10(name):
     if not (WEIGHTS_DIR / f"{name}.pt").is_file():
         pytest.skip(f"{name} is not trained and shipped yet (models/MODEL_CARD.md)")
     meta = stated(name)
+    # what the CIFAR-10 issue asks of the two models, as their files state it
+    assert meta["clean_acc"] >= (0.88 if name.endswith("normal") else 0.60), meta
+    if name.endswith("linf"):
+        assert meta["pgd_acc"] >= 0.30 and meta["pgd_samples"] >= 1000, meta
     model, _ = load_model(name, "cifar10")
     data = load_dataset("cifar10", root=SHARED_CIFAR)
     labels = dataset_labels(data)
@@ -101,7 +120,8 @@ def test_shipped_resnet20_accuracy_on_shared_cifar10(name):
         acc = (model(x).argmax(1) == y).float().mean().item()
     assert abs(acc - meta["clean_acc"]) <= 0.03, (acc, meta["clean_acc"])  # subset sampling error
     if meta["adv"] != "none":
-        adv = pgd_attack(model, x[:200], y[:200], 8 / 255, 2 / 255, 20, torch.Generator().manual_seed(0))
+        x, y = x[::2], y[::2]  # 250 images, 25 per class
+        adv = pgd_attack(model, x, y, 8 / 255, 2 / 255, 20, torch.Generator().manual_seed(0))
         with torch.no_grad():
-            robust = (model(adv).argmax(1) == y[:200]).float().mean().item()
+            robust = (model(adv).argmax(1) == y).float().mean().item()
         assert abs(robust - meta["pgd_acc"]) <= 0.05, (robust, meta["pgd_acc"])
