@@ -3,9 +3,11 @@
     python -m models.train smallcnn shapes --out models/weights/smallcnn-normal.pt
     python -m models.train smallcnn shapes --adv pgd --out models/weights/smallcnn-linf.pt
     python -m models.train resnet20 cifar10 --data_path ../shared/data/cifar10 --epochs 30 \
-        --out resnet20-normal-stage1.pt
+        --out stage1.pt
     python -m models.train resnet20 cifar10 --data_path ../shared/data/cifar10 --epochs 20 \
-        --lr 0.05 --init resnet20-normal-stage1.pt --out models/weights/resnet20-normal.pt
+        --lr 0.05 --init stage1.pt --out stage2.pt       # a warm restart from stage1.pt
+
+(the exact commands of the shipped weights: models/MODEL_CARD.md)
 
 Seeded; a checkpoint (OUT.ckpt) is written atomically after every epoch and a rerun of the same
 command resumes from it. The weights file holds the architecture name, the state dict and a
