@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .confidence import chunks, model_device
 from .data import assign_targets, dataset_labels, select_sources, select_targets, stack_items
 from .distributed import Rank, barrier, broadcast
-from .hull import (aggregate_pairs, hull_confidences, hull_stats, segment_confidences,
+from .hull import (aggregate_pairs, hull_stats, segment_confidences, source_hull_confidences,
                    triangle_grid)
 from .metrics import image_distances
 from .results import ResultsError, load_results, plain, save_results
@@ -156,12 +156,11 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     results["hull_pairs"] = np.array(hull_pairs)
     confs = np.full((k, len(hull_pairs), len(triangle_grid())), np.nan, dtype=np.float32)
     spots = torch.from_numpy(results["blind_spots"])
-    for s in range(k):
+    for s in range(k):  # the pairs without s itself (its diagonal holds the original)
         valid = [m for m, (a, b) in enumerate(hull_pairs) if s not in (a, b)]
-        first = spots[s, [hull_pairs[m][0] for m in valid]]
-        second = spots[s, [hull_pairs[m][1] for m in valid]]
-        confs[s, valid] = hull_confidences(model, images[s].expand_as(first), first, second,
-                                           labels[s].repeat(len(valid)), chunk_size=hull_chunk)
+        confs[s, valid] = source_hull_confidences(model, images[s], labels[s], spots[s],
+                                                  [hull_pairs[m] for m in valid],
+                                                  chunk_size=hull_chunk)
     results["hull_confs"] = confs
     return results
 
@@ -309,13 +308,9 @@ def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind
     n, rounds = blind.shape[:2]
     hull_pairs = list(combinations(range(rounds), 2))
     confs = torch.empty(n, len(hull_pairs), len(triangle_grid()))
-    device = model_device(model)
     for i in tqdm(range(n), desc="hulls", leave=False):
         image, label = dataset[int(pool[i])]
-        first = blind[i, [a for a, _ in hull_pairs]].to(device)
-        second = blind[i, [b for _, b in hull_pairs]].to(device)
-        confs[i] = hull_confidences(model, image.to(device).expand_as(first), first, second,
-                                    torch.tensor(label).repeat(len(hull_pairs)),
-                                    chunk_size=hull_chunk)
+        confs[i] = source_hull_confidences(model, image, label, blind[i], hull_pairs,
+                                           chunk_size=hull_chunk)
     stats = aggregate_pairs(hull_stats(confs.view(-1, confs.shape[-1])), len(hull_pairs))
     return stats, {"hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy()}

@@ -47,6 +47,20 @@ def hull_confidences(model: nn.Module, sources: torch.Tensor, first: torch.Tenso
     return confidences_of(model, make_images, point_labels, m * p, chunk_size).view(m, p).cpu()
 
 
+def source_hull_confidences(model: nn.Module, source: torch.Tensor, label: int,
+                            blind_spots: torch.Tensor, pairs: list[tuple[int, int]], n: int = 10,
+                            chunk_size: int = 512) -> torch.Tensor:
+    """p_label over the triangles (source, blind_spots[a], blind_spots[b]) for each (a, b) in pairs.
+
+    source: (C,H,W) in [0,1]; blind_spots: (R,C,H,W) in [0,1], this source's blind spots.
+    Returns (len(pairs),P) float32 on the CPU, as `hull_confidences`.
+    """
+    first = blind_spots[[a for a, _ in pairs]]
+    second = blind_spots[[b for _, b in pairs]]
+    labels = torch.full((len(pairs),), int(label), dtype=torch.int64)
+    return hull_confidences(model, source.expand_as(first), first, second, labels, n, chunk_size)
+
+
 def hull_stats(confs: torch.Tensor | np.ndarray, n: int = 10) -> dict[str, np.ndarray]:
     """Statistics of §3.2 per triangle from its (M,P) grid confidences (`triangle_grid(n)` order).
 
@@ -80,11 +94,8 @@ def source_hull_stats(model: nn.Module, source: torch.Tensor, label: int,
     pairs = list(combinations(range(len(blind_spots)), 2))
     if not pairs:
         raise ValueError("need at least two blind spots of the same source")
-    first = blind_spots[[i for i, _ in pairs]]
-    second = blind_spots[[j for _, j in pairs]]
-    sources = source.unsqueeze(0).expand(len(pairs), *source.shape)
-    labels = torch.full((len(pairs),), int(label), dtype=torch.int64)
-    stats = hull_stats(hull_confidences(model, sources, first, second, labels, n, chunk_size), n)
+    stats = hull_stats(source_hull_confidences(model, source, label, blind_spots, pairs, n,
+                                               chunk_size), n)
     return {k: float(v[0]) for k, v in aggregate_pairs(stats, len(pairs)).items()}
 
 

@@ -43,6 +43,13 @@ def test_examples_write_results_targets_and_figures(examples_dir):
     np.testing.assert_allclose(r["blind_spots"][1, 1], r["images"][1])  # diagonal: originals
     off = ~np.eye(3, dtype=bool)
     assert (r["final_confs"][off] >= r["init_confs"][:, None].repeat(3, 1)[off] - 0.05).all()
+    # each source's triangle (source, blind spot a, blind spot b): its vertices are the source
+    # (grid row 0), blind spot a (last row, weights (0,1,0)) and blind spot b (row 10, (0,0,1))
+    for s, (a, b) in enumerate(r["hull_pairs"][::-1]):  # pairs (1,2), (0,2), (0,1) skip 0, 1, 2
+        vertices = r["hull_confs"][s, 2 - s][[0, -1, 10]]
+        expected = [r["init_confs"][s], r["final_confs"][s, a], r["final_confs"][s, b]]
+        np.testing.assert_allclose(vertices, expected, atol=1e-3)
+    assert np.isnan(r["hull_confs"][0, 0]).all()  # the pair (0, 1) holds source 0 itself
 
 
 def test_load_dict_redraws_without_running_lst(examples_dir, monkeypatch):
@@ -106,6 +113,8 @@ def test_full_eval_files_and_tables(tmp_path, capsys):
     assert (results["labels"][:, None] != results["target_labels"]).all()
     assert all_confs["hull_confs"].shape == (12, 3, 66)
     assert set(results["hull_stats"]) >= {"p_src", "mean", "frac_above_0.2", "edge_min"}
+    # every triangle starts at its source: grid row 0 is the source's own confidence
+    np.testing.assert_allclose(all_confs["hull_confs"][:, :, 0], results["init_confs"], atol=1e-4)
     capsys.readouterr()
     assert print_tables.main([str(tmp_path), "--format", "github"]) == 0
     printed = capsys.readouterr().out

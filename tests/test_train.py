@@ -63,6 +63,20 @@ def test_warm_start_from_a_weights_file(tiny_cifar, tmp_path):
         train_main(["resnet20", "cifar10", "--out", str(tmp_path / "x.pt"), "--init", str(first)] + common)
 
 
+def test_bf16_channels_last_training_writes_a_float32_file(tiny_cifar, tmp_path):
+    out = tmp_path / "fast.pt"
+    train_main(["resnet20", "cifar10", "--data_path", str(tiny_cifar), "--out", str(out), "--epochs", "1",
+                "--batch_size", "8", "--bf16", "--channels_last", "--train_samples", "20",
+                "--eval_pgd_samples", "2", "--eval_pgd_steps", "1"])
+    blob = torch.load(out, weights_only=True)
+    assert blob["meta"]["bf16"] and blob["meta"]["channels_last"] and blob["meta"]["train_samples"] == 20
+    # the subset is spread over the class-sorted folder: the head still has all 10 classes
+    assert blob["num_classes"] == 10
+    tensors = [t for t in blob["state_dict"].values() if t.is_floating_point()]
+    assert all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+    assert all(torch.isfinite(t).all() for t in tensors)
+
+
 def test_adversarial_training_steps(tiny_cifar, tmp_path):
     for adv in ("pgd", "fgsm"):
         out = tmp_path / f"{adv}.pt"
