@@ -8,7 +8,7 @@ A model maps [0,1] images (N,C,H,W) to logits; every computation runs on the mod
 """
 from .confidence import class_confidence_of, model_device, predict, probabilities
 from .hull import (HULL_DELTAS, hull_confidences, hull_stats, segment_confidences,
-                   source_hull_stats, triangle_grid)
+                   source_hull_confidences, source_hull_stats, triangle_grid)
 from .metrics import image_distances, lpips_network
 from .traversal import LSTResult, initial_noise, level_set_traversal, orthogonal_step
 from .widths import path_widths, random_orthogonal_directions
@@ -17,5 +17,5 @@ __all__ = [
     "HULL_DELTAS", "LSTResult", "class_confidence_of", "hull_confidences", "hull_stats",
     "image_distances", "initial_noise", "level_set_traversal", "lpips_network", "model_device",
     "orthogonal_step", "path_widths", "predict", "probabilities", "random_orthogonal_directions",
-    "segment_confidences", "source_hull_stats", "triangle_grid",
+    "segment_confidences", "source_hull_confidences", "source_hull_stats", "triangle_grid",
 ]

@@ -5,6 +5,7 @@ and return results as plain dicts of numpy arrays, ready for `lst.results.save_r
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -214,6 +215,16 @@ def _load_or_make_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings
     return plan
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of the model's state dict (names, shapes, dtypes, values), so a
+    partial run never resumes with other weights under the same model name."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, num_samples: int,
                   rounds: int = 5, batch_size: int = 64, get_final_imgs: bool = False,
                   hull_chunk: int = 512, parts_dir: Path | None = None,
@@ -222,8 +233,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
     does not depend on the batch size, the number of processes or a resume. With `parts_dir`,
-    every finished batch is saved there atomically and a rerun with the same `run_key` skips the
-    pairs already done. Under torch.distributed (`rank`), rank r takes the pairs k % world == r;
+    every finished batch is saved there atomically and a rerun with the same `run_key`, settings
+    and model weights (`weights_fingerprint`) skips the pairs already done. Under torch.distributed (`rank`), rank r takes the pairs k % world == r;
     rank 0 merges all parts (parts_dir must then be on a filesystem all ranks share).
 
     Returns (results, all_confs) on rank 0 and (None, None) elsewhere. results (N sources, R
@@ -235,7 +246,7 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     """
     started = time.time()
     run_key = dict(run_key or {}, settings=settings.as_dict(), num_samples=num_samples,
-                   rounds=rounds, get_final_imgs=get_final_imgs)
+                   rounds=rounds, get_final_imgs=get_final_imgs, weights=weights_fingerprint(model))
     plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, parts_dir, run_key, rank)
     pool, targets = plan["pool"], plan["targets"]
     n_pairs = len(pool) * rounds

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from lst.experiments import LSTSettings, ResumeError, run_full_eval
 from lst.results import load_results
+from lst.shapes import ShapesDataset
+from models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["smallcnn-normal", "shapes", "--full_eval", "--num_samples", "10", "--rounds", "3",
@@ -105,3 +109,19 @@ def test_two_processes_with_gloo_give_the_single_process_result(tmp_path, refere
     proc = run(command(tmp_path, "--iters", "30", "--batch_size", "4", launcher=launcher))
     assert "on 2 process(es)" in proc.stdout
     assert_same(results_of(tmp_path, 30), reference, atol=1e-4)
+
+
+def test_other_weights_under_the_same_name_do_not_resume(tmp_path, caplog):
+    model, _ = load_model("smallcnn-normal", "shapes")
+    dataset = ShapesDataset("test", seed=0)
+    settings = LSTSettings(iters=3, log_step=1)
+    kwargs = dict(num_samples=4, rounds=2, batch_size=4, parts_dir=tmp_path, run_key={"model": "m"})
+    first, _ = run_full_eval(model, dataset, settings, **kwargs)
+    with caplog.at_level("INFO", logger="lst.experiments"):
+        again, _ = run_full_eval(model, dataset, settings, **kwargs)  # same weights: resumes
+    assert "resuming" in caplog.text
+    np.testing.assert_array_equal(first["final_confs"], again["final_confs"])
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # retrained weights, same model name
+    with pytest.raises(ResumeError, match=r"other arguments \(weights\)"):
+        run_full_eval(model, dataset, settings, **kwargs)
