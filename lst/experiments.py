@@ -221,7 +221,8 @@ def weights_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        raw = tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8)
+        digest.update(raw.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -234,8 +235,9 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
     does not depend on the batch size, the number of processes or a resume. With `parts_dir`,
     every finished batch is saved there atomically and a rerun with the same `run_key`, settings
-    and model weights (`weights_fingerprint`) skips the pairs already done. Under torch.distributed (`rank`), rank r takes the pairs k % world == r;
-    rank 0 merges all parts (parts_dir must then be on a filesystem all ranks share).
+    and model weights (`weights_fingerprint`) skips the pairs already done. Under
+    torch.distributed (`rank`), rank r takes the pairs k % world == r; rank 0 merges all parts
+    (parts_dir must then be on a filesystem all ranks share).
 
     Returns (results, all_confs) on rank 0 and (None, None) elsewhere. results (N sources, R
     rounds): source_indices (N,), labels (N,), target_indices / target_labels (N,R), init_confs
