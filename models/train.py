@@ -79,19 +79,24 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     return out
 
 
+def evenly_spaced(total: int, n: int) -> torch.Tensor:
+    """min(n, total) indices spread evenly over range(total), (n,) int64: a class-folder split is
+    sorted by class, so its first images would all be one class."""
+    return torch.linspace(0, total - 1, min(n, total)).round().long()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float = 8 / 255,
              pgd_steps: int = 20, pgd_samples: int = 1000, batch_size: int = 500) -> dict:
     """Clean accuracy on all images; PGD-`pgd_steps` (step eps/4) accuracy on `pgd_samples`
-    evenly spaced images (a class-folder test set is sorted by class: the first ones would all
-    be one class)."""
+    images chosen by `evenly_spaced`."""
     model.eval()
     correct = 0
     for part in chunks(len(images), batch_size):
         correct += (model(images[part].float() / 255).argmax(1) == labels[part]).sum().item()
     robust = 0
-    n_pgd = min(pgd_samples, len(images))
-    spread = torch.linspace(0, len(images) - 1, n_pgd).round().long()
+    spread = evenly_spaced(len(images), pgd_samples)
+    n_pgd = len(spread)
     generator = torch.Generator().manual_seed(0)
     for part in chunks(n_pgd, batch_size):
         x, y = images[spread[part]].float() / 255, labels[spread[part]]
@@ -126,8 +131,8 @@ def train(args: argparse.Namespace) -> dict:
     x_train, y_train = in_memory(train_set)
     x_test, y_test = in_memory(test_set)
     num_classes = int(y_train.max()) + 1
-    if args.train_samples:  # evenly spaced: a class-folder training set is sorted by class
-        spread = torch.linspace(0, len(x_train) - 1, min(args.train_samples, len(x_train))).round().long()
+    if args.train_samples:
+        spread = evenly_spaced(len(x_train), args.train_samples)
         x_train, y_train = x_train[spread], y_train[spread]
     model = ARCHITECTURES[args.arch](num_classes=num_classes)
     init_meta = warm_start(model, args.init, args.arch) if args.init else None
@@ -215,7 +220,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pgd_steps", type=int, default=5, help="PGD steps per training batch")
     p.add_argument("--adv_step_size", type=float, default=None,
                    help="attack step (default eps/4 for PGD, 1.25 eps for FGSM)")
-    p.add_argument("--train_samples", type=int, default=0, help="use only N evenly spaced training images (0: all)")
+    p.add_argument("--train_samples", type=int, default=0,
+                   help="use only N evenly spaced training images (0: all)")
     p.add_argument("--eval_pgd_steps", type=int, default=20)
     p.add_argument("--eval_pgd_samples", type=int, default=1000)
     p.add_argument("--init", default=None,

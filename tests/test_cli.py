@@ -45,8 +45,9 @@ def test_examples_write_results_targets_and_figures(examples_dir):
     assert (r["final_confs"][off] >= r["init_confs"][:, None].repeat(3, 1)[off] - 0.05).all()
     # each source's triangle (source, blind spot a, blind spot b): its vertices are the source
     # (grid row 0), blind spot a (last row, weights (0,1,0)) and blind spot b (row 10, (0,0,1))
-    for s, (a, b) in enumerate(r["hull_pairs"][::-1]):  # pairs (1,2), (0,2), (0,1) skip 0, 1, 2
-        vertices = r["hull_confs"][s, 2 - s][[0, -1, 10]]
+    for m, (a, b) in enumerate(r["hull_pairs"]):
+        s = 3 - a - b  # of the three sources, the one that is neither a nor b
+        vertices = r["hull_confs"][s, m][[0, -1, 10]]
         expected = [r["init_confs"][s], r["final_confs"][s, a], r["final_confs"][s, b]]
         np.testing.assert_allclose(vertices, expected, atol=1e-3)
     assert np.isnan(r["hull_confs"][0, 0]).all()  # the pair (0, 1) holds source 0 itself
