@@ -12,20 +12,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lst.data import CIFAR10_CLASSES, NUM_CLASSES, DataError, load_dataset, random_classes
-from lst.results import ResultsError, load_results, results_stem, save_results
-from lst.shapes import SHAPE_CLASSES
-
-DEFAULT_TARGETS = {"imagenet": [99, 199, 299, 400, 499]}
+from lst.data import DataError, dataset_info, load_dataset, random_classes
+from lst.results import ResultsError, results_stem
+from lst.runstore import RunStore
+from lst.traversal import LSTSettings
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -35,6 +34,37 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `LSTSettings` field, with the field's name, default and help."""
+    defaults = LSTSettings()
+    group = parser.add_argument_group("LST settings (lst.LSTSettings)")
+    for f in fields(LSTSettings):
+        default, help_text = getattr(defaults, f.name), f.metadata["help"]
+        if "switch" in f.metadata:  # an optional term: a switch flag and its value
+            group.add_argument(f"--{f.metadata['switch']}", action="store_true",
+                               help=f.metadata["switch_help"])
+            group.add_argument(f"--{f.name}", type=float, default=f.metadata["switch_default"],
+                               help=help_text)
+        elif isinstance(default, bool):
+            group.add_argument(f"--{f.name}", action="store_true", help=help_text)
+        elif isinstance(default, tuple):
+            group.add_argument(f"--{f.name}", type=type(default[0]), nargs="+",
+                               default=list(default), help=help_text)
+        else:
+            group.add_argument(f"--{f.name}", type=type(default), default=default, help=help_text)
+
+
+def lst_settings(args: argparse.Namespace) -> LSTSettings:
+    """The LSTSettings of the parsed flags, field by field (a switched-off term is None)."""
+    values = {}
+    for f in fields(LSTSettings):
+        value = getattr(args, f.name)
+        if "switch" in f.metadata and not getattr(args, f.metadata["switch"]):
+            value = None
+        values[f.name] = value
+    return LSTSettings(**values)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(description="Level Set Traversal: blind spots of image classifiers.")
     p.add_argument("model", help="ARCH-TYPE, e.g. resnet50-normal, wideresnet-linf, smallcnn-normal")
@@ -42,26 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--examples", action="store_true", help="all pairs of one image per class")
     mode.add_argument("--full_eval", action="store_true", help="many sources, Tables 1 and 2")
+    add_settings_flags(p)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--num_workers", type=int, default=0, help="(kept for the paper's commands)")
-    p.add_argument("--step_size", type=float, default=5e-2, help="eta")
-    p.add_argument("--iters", type=int, default=100, help="T")
-    p.add_argument("--pthresh", type=float, default=0.05, help="delta, in (0, 1]")
-    p.add_argument("--adv_pert", action="store_true", help="add the adversarial term")
-    p.add_argument("--adv_step_size", type=float, default=1 / 255, help="eps (with --adv_pert)")
-    p.add_argument("--init_noise", type=float, default=4 / 255, help="nu, uniform start noise width")
-    p.add_argument("--log_step", type=int, default=10, help="record every L iterations")
     p.add_argument("--num_samples", type=int, default=1000, help="full_eval sources")
     p.add_argument("--rounds", type=int, default=5, help="full_eval targets per source")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--get_widths", action="store_true")
-    p.add_argument("--width_distances", type=float, nargs="+", default=[5, 10, 15, 20, 25, 30])
-    p.add_argument("--width_directions", type=int, default=256)
     p.add_argument("--get_final_imgs", action="store_true", help="full_eval: images and Table 2")
-    p.add_argument("--get_confs_over_path", action="store_true")
-    p.add_argument("--get_images", action="store_true", help="record images along the path")
     p.add_argument("--target_classes", type=int, nargs="+", default=None,
-                   help="examples classes (default 99 199 299 400 499; 0-4 on 10-class sets)")
+                   help="examples classes (default: the dataset's, 99 199 299 400 499 on "
+                        "ImageNet, 0-4 on 10-class sets)")
     p.add_argument("--random_target_classes", action="store_true",
                    help="draw as many random classes as --target_classes has, from --seed")
     p.add_argument("--load_dict", action="store_true", help="redraw figures from the saved results")
@@ -78,69 +97,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """SPEC §10: reject bad values before anything runs or is written."""
-    if args.dataset not in NUM_CLASSES:
-        raise DataError(f"unknown dataset {args.dataset!r}; known: {', '.join(NUM_CLASSES)}")
-    for name in ("step_size", "iters", "batch_size", "log_step", "num_samples", "rounds",
-                 "width_directions"):
+def data_root(args: argparse.Namespace) -> str | None:
+    """The value of the dataset's path flag (--imgnet_path, --cifar_path), None if it has none."""
+    flag = dataset_info(args.dataset).path_flag
+    return None if flag is None else getattr(args, flag.lstrip("-"))
+
+
+def check_args(args: argparse.Namespace) -> LSTSettings:
+    """Reject bad values before anything runs or is written (docs/design.md, "Bad input");
+    fill in the dataset's default classes. Returns the LST settings of the flags."""
+    info = dataset_info(args.dataset)
+    for name in ("iters", "batch_size", "log_step", "num_samples", "rounds", "width_directions"):
         if getattr(args, name) <= 0:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
-    if not 0 < args.pthresh <= 1:
-        raise DataError(f"--pthresh must be in (0, 1], got {args.pthresh}")
-    if args.adv_pert and args.adv_step_size <= 0:
-        raise DataError(f"--adv_step_size must be positive, got {args.adv_step_size}")
+    try:
+        settings = lst_settings(args)
+    except ValueError as err:  # its message starts with the field's name, the flag's name
+        raise DataError(f"--{err}") from None
     if args.full_eval and args.rounds < 2 and args.get_final_imgs:
         raise DataError("--get_final_imgs needs --rounds >= 2 (triangles need two blind spots)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise DataError(f"--device {args.device} but this machine has no CUDA device; use --device cpu")
     if args.examples and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DataError("--examples runs in one process; start it without torchrun")
-    num_classes = NUM_CLASSES[args.dataset]
     if args.target_classes is None:
-        args.target_classes = DEFAULT_TARGETS.get(args.dataset, [0, 1, 2, 3, 4])
+        args.target_classes = list(info.default_targets)
     if args.random_target_classes:
-        args.target_classes = random_classes(num_classes, len(args.target_classes), args.seed)
-    bad = [c for c in args.target_classes if not 0 <= c < num_classes]
+        args.target_classes = random_classes(info.num_classes, len(args.target_classes), args.seed)
+    bad = [c for c in args.target_classes if not 0 <= c < info.num_classes]
     if bad:
-        raise DataError(f"class {bad[0]} is out of range: {args.dataset} has classes 0..{num_classes - 1}")
-    if args.dataset == "imagenet" and args.imgnet_path is None:
-        raise DataError("imagenet needs its folder: pass --imgnet_path DIR (val/<wnid>/ images)")
-    if args.dataset == "imagenet" and not args.load_dict and not Path(args.imgnet_path).is_dir():
-        raise DataError(f"ImageNet path {args.imgnet_path} does not exist: expected torchvision's "
-                        "ImageNet layout or val/<wnid>/ folders")
-    if args.dataset == "cifar10" and args.cifar_path is None:
-        raise DataError("cifar10 needs its folder: pass --cifar_path DIR (torchvision's files or "
-                        "test/<class>/ images)")
+        raise DataError(f"class {bad[0]} is out of range: {args.dataset} has classes "
+                        f"0..{info.num_classes - 1}")
+    root = data_root(args)
+    if info.path_flag is not None and root is None:
+        raise DataError(f"{args.dataset} needs its folder: pass {info.path_flag} DIR ({info.layout})")
+    if info.needs_model_config and not args.load_dict and not Path(root).is_dir():
+        raise DataError(f"{args.dataset} path {root} does not exist: expected {info.layout}")
     if args.examples and len(set(args.target_classes)) < 3:
         raise DataError("--examples needs at least 3 distinct --target_classes")
+    return settings
 
 
-def class_names(dataset: str) -> list[str]:
-    if dataset == "shapes":
-        return list(SHAPE_CLASSES)
-    if dataset == "cifar10":
-        return list(CIFAR10_CLASSES)
-    from torchvision.models import ResNet50_Weights
-
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def settings_from(args: argparse.Namespace):
-    from lst.experiments import LSTSettings
-
-    return LSTSettings(step_size=args.step_size, iters=args.iters, pthresh=args.pthresh,
-                       adv_step_size=args.adv_step_size if args.adv_pert else None,
-                       init_noise=args.init_noise, log_step=args.log_step,
-                       get_confs_over_path=args.get_confs_over_path, get_images=args.get_images,
-                       get_widths=args.get_widths, width_distances=args.width_distances,
-                       width_directions=args.width_directions, seed=args.seed)
-
-
-def stem_of(args: argparse.Namespace) -> str:
+def stem_of(args: argparse.Namespace, settings: LSTSettings) -> str:
     return results_stem(desc=args.desc, model=args.model, dataset=args.dataset,
-                        step_size=args.step_size, iters=args.iters,
-                        adv_step_size=args.adv_step_size if args.adv_pert else None,
+                        step_size=settings.step_size, iters=settings.iters,
+                        adv_step_size=settings.adv_step_size,
                         classes=args.target_classes if args.examples else None,
                         num_samples=args.num_samples)
 
@@ -148,67 +149,63 @@ def stem_of(args: argparse.Namespace) -> str:
 def model_and_data(args: argparse.Namespace):
     from models import load_model
 
-    if args.dataset != "imagenet":  # check the data before loading (maybe big) weights
-        dataset = load_dataset(args.dataset, root=args.cifar_path, seed=args.seed)
+    info = dataset_info(args.dataset)
+    if not info.needs_model_config:  # check the data before loading (maybe big) weights
+        dataset = load_dataset(args.dataset, root=data_root(args), seed=args.seed)
     model, config = load_model(args.model, args.dataset, checkpoint=args.load_model_path,
                                model_dir=args.model_dir, device=args.device)
-    if args.dataset == "imagenet":  # the resize and crop come from the model's config
-        dataset = load_dataset(args.dataset, root=args.imgnet_path, config=config)
+    if info.needs_model_config:  # the resize and crop come from the model's config
+        dataset = load_dataset(args.dataset, root=data_root(args), config=config)
     return model, dataset
 
 
-def run_examples(args: argparse.Namespace) -> str:
-    from lst.experiments import run_examples as examples
+def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
+    from lst.experiments import run_examples
     from lst.plots import plot_examples
 
-    out_dir = Path(args.out_dir)
-    stem = stem_of(args)
-    path = out_dir / f"{stem}_examples_dict.pkl"
+    store = RunStore(args.out_dir, stem_of(args, settings))
     if args.load_dict:
-        results = load_results(path)["results"]
+        results = store.read("examples_dict")
     else:
         model, dataset = model_and_data(args)
-        results = examples(model, dataset, args.target_classes, settings_from(args),
-                           out_dir=out_dir, dataset_name=args.dataset, batch_size=args.batch_size)
-        save_results(path, vars(args), results)
-    names = class_names(args.dataset)
-    figures = plot_examples(results, [names[c] for c in results["classes"]], out_dir, stem,
-                            args.width_distances)
+        results = run_examples(model, dataset, args.target_classes, settings,
+                               out_dir=store.out_dir, dataset_name=args.dataset,
+                               batch_size=args.batch_size)
+        store.write("examples_dict", vars(args), results)
+    names = dataset_info(args.dataset).class_names
+    figures = plot_examples(results, [names[c] for c in results["classes"]], store.out_dir,
+                            store.stem, settings.width_distances)
     k = len(results["classes"])
     off = ~np.eye(k, dtype=bool)
     return (f"examples: {k * (k - 1)} pairs, mean source confidence {results['init_confs'].mean():.3f}"
             f" -> {results['final_confs'][off].mean():.3f} at the blind spots, mean SSIM to target "
-            f"{np.nanmean(results['ssim'][off]):.3f}; {path} and {len(figures)} figures in {out_dir}/")
+            f"{np.nanmean(results['ssim'][off]):.3f}; {store.path('examples_dict')} and "
+            f"{len(figures)} figures in {store.out_dir}/")
 
 
-def run_full_eval(args: argparse.Namespace) -> str | None:
+def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | None:
     from lst import distributed
-    from lst.experiments import run_full_eval as full_eval
+    from lst.experiments import run_full_eval
 
     rank = distributed.setup(args.device)
     if not rank.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     args.device = str(rank.device)
-    out_dir = Path(args.out_dir)
-    stem = stem_of(args)
-    parts_dir = out_dir / f"{stem}_fulleval_parts"
-    if args.restart and rank.is_main and parts_dir.exists():
-        shutil.rmtree(parts_dir)
-    distributed.barrier()
+    store = RunStore(args.out_dir, stem_of(args, settings), rank)
     try:
+        store.open(restart=args.restart)
         model, dataset = model_and_data(args)
-        results, all_confs = full_eval(
-            model, dataset, settings_from(args), num_samples=args.num_samples, rounds=args.rounds,
-            batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, parts_dir=parts_dir,
+        results, all_confs = run_full_eval(
+            model, dataset, settings, num_samples=args.num_samples, rounds=args.rounds,
+            batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, store=store,
             run_key={"model": args.model, "dataset": args.dataset,
                      "load_model_path": args.load_model_path}, rank=rank)
         if not rank.is_main:
             return None
-        path = save_results(out_dir / f"{stem}_fulleval_dict.pkl", vars(args), results)
-        written = [path]
+        written = [store.write("fulleval_dict", vars(args), results)]
         if all_confs is not None:
-            written.append(save_results(out_dir / f"{stem}_all_confs.pkl", vars(args), all_confs))
-        shutil.rmtree(parts_dir)
+            written.append(store.write("all_confs", vars(args), all_confs))
+        store.finish()
     finally:
         distributed.teardown()
     return (f"full_eval: {results['final_confs'].size} pairs on {rank.world_size} process(es), "
@@ -228,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     from models import ModelError
 
     try:
-        check_args(args)
-        summary = run_examples(args) if args.examples else run_full_eval(args)
+        settings = check_args(args)
+        command = examples_command if args.examples else full_eval_command
+        summary = command(args, settings)
     except (DataError, ModelError, ResultsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

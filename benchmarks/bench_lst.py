@@ -7,7 +7,7 @@ The LST step cost is the slope of the traversal's wall time in the number of ite
 (time(1 + k iterations) - time(1 iteration)) / k, so start-up work is not counted; each repeat
 measures the bare forward+backward (median of 3) right beside it, and the reported ratio is the
 median of the per-repeat ratios. The target
-(SPEC §9) is LST step / bare forward+backward <= 1.10. It also prints the throughput of path
+(docs/design.md, "The fused step") is LST step / bare forward+backward <= 1.10. It also prints the throughput of path
 widths and hull evaluation in images per second. Models have random weights: speed does not
 depend on them.
 """

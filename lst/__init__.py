@@ -1,7 +1,9 @@
 """Level Set Traversal: find and measure the blind spots of image classifiers.
 
     import lst
-    result = lst.level_set_traversal(model, sources, labels, targets, iters=400, ...)
+    settings = lst.LSTSettings(step_size=1e-2, iters=400, pthresh=0.2, adv_step_size=2e-3)
+    result = lst.level_set_traversal(model, sources, labels, targets, settings)
+    result = lst.level_set_traversal(model, sources, labels, targets, iters=400)  # or by field
     dists = lst.image_distances(result.final_images, targets)
 
 A model maps [0,1] images (N,C,H,W) to logits; every computation runs on the model's device.
@@ -10,11 +12,11 @@ from .confidence import class_confidence_of, model_device, predict, probabilitie
 from .hull import (HULL_DELTAS, hull_confidences, hull_stats, segment_confidences,
                    source_hull_confidences, source_hull_stats, triangle_grid)
 from .metrics import image_distances, lpips_network
-from .traversal import LSTResult, initial_noise, level_set_traversal, orthogonal_step
+from .traversal import LSTResult, LSTSettings, initial_noise, level_set_traversal, orthogonal_step
 from .widths import path_widths, random_orthogonal_directions
 
 __all__ = [
-    "HULL_DELTAS", "LSTResult", "class_confidence_of", "hull_confidences", "hull_stats",
+    "HULL_DELTAS", "LSTResult", "LSTSettings", "class_confidence_of", "hull_confidences", "hull_stats",
     "image_distances", "initial_noise", "level_set_traversal", "lpips_network", "model_device",
     "orthogonal_step", "path_widths", "predict", "probabilities", "random_orthogonal_directions",
     "segment_confidences", "source_hull_confidences", "source_hull_stats", "triangle_grid",

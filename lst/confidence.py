@@ -1,15 +1,16 @@
-"""Small shared helpers: the model's device, per-sample random streams, chunked confidences.
+"""The model's device and its class confidences, evaluated in chunks that bound memory.
 
 Every model in this project maps a batch of [0,1] images (N,C,H,W) to logits (N,K); any input
 normalisation lives inside the model. The device of a computation is always the model's.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
+
+from .batching import chunks
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -21,31 +22,9 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def sample_generator(seed: int, sample_id: int, stream: str, device: torch.device | str = "cpu"
-                     ) -> torch.Generator:
-    """A torch.Generator seeded from (seed, sample_id, stream) alone.
-
-    A sample's random draws therefore do not depend on which batch, process or resume point it
-    was processed in. `stream` separates independent uses ("init_noise", "widths/3", ...).
-    """
-    stream_key = [int(b) for b in stream.encode()]
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(sample_id) & 0xFFFFFFFF, *stream_key])
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
-    return generator
-
-
 def class_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """softmax(logits)[n, labels[n]]: (N,K) logits, (N,) int labels -> (N,) in [0,1]."""
     return torch.softmax(logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
-
-
-def chunks(total: int, chunk_size: int) -> Iterator[slice]:
-    """Consecutive slices of at most `chunk_size` covering range(total)."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    for start in range(0, total, chunk_size):
-        yield slice(start, min(start + chunk_size, total))
 
 
 @torch.inference_mode()

@@ -1,4 +1,5 @@
-"""Evaluation images for LST (SPEC §8) and the choice of sources and targets (§4.1, §4.2).
+"""The datasets (one `DatasetInfo` record each, in DATASETS) and the choice of sources and
+targets of both modes (docs/design.md, "Modes").
 
 Datasets yield ((C,H,W) float32 in [0,1], int label); the model does its own normalisation.
   imagenet: torchvision's ImageNet layout (root with the devkit archive or meta.bin, and val/),
@@ -8,12 +9,14 @@ Datasets yield ((C,H,W) float32 in [0,1], int label); the model does its own nor
             online), or a folder tree root/test/<class>/ with the ten class folders, sorted =
             CIFAR-10 label order.
   shapes:   synthetic, generated in memory from the seed (lst.shapes).
+Adding a dataset means adding a loader and its record to DATASETS; the command line, the model
+registry and the figures read everything else from the record.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +25,9 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 
-from .confidence import chunks, predict
-from .shapes import ShapesDataset
-
-DATASETS = ("imagenet", "cifar10", "shapes")
-NUM_CLASSES = {"imagenet": 1000, "cifar10": 10, "shapes": 10}
+from .batching import chunks
+from .confidence import predict
+from .shapes import SHAPE_CLASSES, ShapesDataset
 
 
 class DataError(ValueError):
@@ -108,23 +109,73 @@ def load_cifar10(root: str | Path, split: str = "test", download: bool = True) -
                         f"({type(err).__name__}): {expected}") from None
 
 
+def _load_imagenet(root: Path, config: DataConfig | None, split: str, seed: int) -> Dataset:
+    return load_imagenet(root, config or DataConfig())
+
+
+def _load_cifar10(root: Path, config: DataConfig | None, split: str, seed: int) -> Dataset:
+    return load_cifar10(root, split=split)
+
+
+def _load_shapes(root: Path | None, config: DataConfig | None, split: str, seed: int) -> Dataset:
+    return ShapesDataset(split=split, seed=seed)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Everything the tool knows about one dataset.
+
+    class_names: in label order. image_shape: (C,H,W) of its images (ImageNet: the default; the
+    model's DataConfig decides). default_targets: the --examples classes when none are given.
+    path_flag: the command-line flag of its folder (None: generated in memory); layout: what that
+    folder must hold, for messages. load(root, config, split, seed) -> Dataset.
+    needs_model_config: its resize and crop come from the model, so it is loaded after the model.
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    default_targets: tuple[int, ...]
+    path_flag: str | None
+    layout: str
+    load: Callable[[Path | None, DataConfig | None, str, int], Dataset]
+    needs_model_config: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+IMAGENET_CLASSES = tuple(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+DATASETS = {info.name: info for info in (
+    DatasetInfo("imagenet", IMAGENET_CLASSES, (3, 224, 224), (99, 199, 299, 400, 499),
+                "--imgnet_path", "val/<wnid>/ images", _load_imagenet, needs_model_config=True),
+    DatasetInfo("cifar10", CIFAR10_CLASSES, (3, 32, 32), (0, 1, 2, 3, 4), "--cifar_path",
+                "torchvision's files or test/<class>/ images", _load_cifar10),
+    DatasetInfo("shapes", SHAPE_CLASSES, (3, 32, 32), (0, 1, 2, 3, 4), None,
+                "generated in memory", _load_shapes),
+)}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The record of dataset `name`; DataError naming the known ones otherwise."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
 def load_dataset(name: str, *, root: str | Path | None = None, config: DataConfig | None = None,
                  split: str = "test", seed: int = 0) -> Dataset:
-    """The evaluation split of dataset `name` (one of DATASETS). Raises DataError on bad input.
+    """The `split` of dataset `name` (a key of DATASETS). Raises DataError on bad input.
 
     root: the dataset's folder (imagenet, cifar10); config: the model's DataConfig (imagenet);
     seed: generation seed (shapes).
     """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    if name == "shapes":
-        return ShapesDataset(split=split, seed=seed)
-    if root is None:
-        flag = "--imgnet_path" if name == "imagenet" else "--cifar_path"
-        raise DataError(f"{name} needs its folder: pass {flag} DIR")
-    if name == "imagenet":
-        return load_imagenet(root, config or DataConfig())
-    return load_cifar10(root, split=split)
+    info = dataset_info(name)
+    if info.path_flag is not None and root is None:
+        raise DataError(f"{name} needs its folder: pass {info.path_flag} DIR ({info.layout})")
+    return info.load(None if root is None else Path(root), config, split, seed)
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:

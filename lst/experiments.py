@@ -1,14 +1,15 @@
-"""The two modes of the tool (SPEC §4): all-pairs `examples` and the `full_eval` over many sources.
+"""The two modes of the tool (docs/design.md, "Modes"): all-pairs `examples` and the
+`full_eval` over many sources.
 
 Both take a model on [0,1] images and a dataset of ((C,H,W) in [0,1], label), run LST in batches
-and return results as plain dicts of numpy arrays, ready for `lst.results.save_results`.
+and return results as plain dicts of numpy arrays, ready for `lst.results.save_results`. A
+full_eval keeps its partial state in a `RunStore` so that it resumes.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Sequence
@@ -20,39 +21,17 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .confidence import chunks, model_device
+from .batching import chunks
+from .confidence import model_device
 from .data import assign_targets, dataset_labels, select_sources, select_targets, stack_items
 from .distributed import Rank, barrier, broadcast
 from .hull import (aggregate_pairs, hull_stats, segment_confidences, source_hull_confidences,
                    triangle_grid)
 from .metrics import image_distances
-from .results import ResultsError, load_results, plain, save_results
-from .traversal import level_set_traversal
+from .runstore import ResumeError, RunStore
+from .traversal import LSTSettings, level_set_traversal
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LSTSettings:
-    """The hyperparameters of one LST run (SPEC §2); `adv_step_size=None` turns the term off."""
-
-    step_size: float = 5e-2
-    iters: int = 100
-    pthresh: float = 0.05
-    adv_step_size: float | None = None
-    init_noise: float = 4 / 255
-    log_step: int = 10
-    get_confs_over_path: bool = False
-    get_images: bool = False
-    get_widths: bool = False
-    width_distances: Sequence[float] = field(default_factory=lambda: (5, 10, 15, 20, 25, 30))
-    width_directions: int = 256
-    seed: int = 0
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["width_distances"] = list(self.width_distances)
-        return d
 
 
 def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
@@ -63,9 +42,9 @@ def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.T
     parts = []
     for part in tqdm(list(chunks(len(sources), batch_size)), desc=desc, leave=False,
                      disable=not progress):
-        res = level_set_traversal(model, sources[part], labels[part], targets[part],
+        res = level_set_traversal(model, sources[part], labels[part], targets[part], settings,
                                   target_labels=target_labels[part],
-                                  sample_ids=list(sample_ids[part]), **settings.as_dict())
+                                  sample_ids=list(sample_ids[part]))
         out = res.numpy()
         device = model_device(model)
         out.update(image_distances(res.final_images.to(device), targets[part].to(device)))
@@ -77,7 +56,7 @@ def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.T
 
 def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], out_dir: Path,
                     dataset_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image per class (§4.1), saved as {out_dir}/{dataset}_target_{class}.png and reused.
+    """One image per class (docs/design.md, "Modes"), saved as {out_dir}/{dataset}_target_{class}.png and reused.
 
     A saved PNG is 8-bit: images that were not 8-bit (resized ImageNet crops) are quantised to
     1/255 on the first save, and every later run uses the quantised image.
@@ -105,7 +84,7 @@ def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], 
 def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], settings: LSTSettings,
                  *, out_dir: Path, dataset_name: str, batch_size: int = 64,
                  hull_chunk: int = 512) -> dict:
-    """All-pairs LST between one image per class (§4.1) and everything the figures need.
+    """All-pairs LST between one image per class and everything the figures need.
 
     Returns a dict (numpy arrays, K = len(classes)): images (K,C,H,W), labels (K,),
     blind_spots (K,K,C,H,W) [source s, target t], the diagonal holding the originals;
@@ -124,7 +103,7 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     missed = sorted({classes[s] for s, kept in zip(src.tolist(), run["kept"]) if not kept})
     if missed:
         log.warning("this model misclassifies the saved %s image(s) of class(es) %s (picked by "
-                    "another model and reused, §4.1): they are left untraversed; give another "
+                    "another model and reused): they are left untraversed; give another "
                     "--out_dir to pick images for this model", dataset_name, missed)
 
     def square(values: np.ndarray, diagonal) -> np.ndarray:
@@ -166,52 +145,28 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     return results
 
 
-class ResumeError(ResultsError):
-    """Saved partial state that does not belong to this run."""
-
-
-def _part_name(pair_ids: np.ndarray) -> str:
-    return f"pairs_{int(pair_ids[0]):08d}_{int(pair_ids[-1]):08d}.pkl"
-
-
 def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, num_samples: int,
-                    rounds: int, parts_dir: Path | None, run_key: dict, rank: Rank) -> dict:
-    """Sources and targets of the run: from the saved state when resuming, else chosen anew.
+                    rounds: int, store: RunStore | None, run_key: dict, rank: Rank) -> dict:
+    """Sources and targets of the run: from the store when resuming, else chosen anew.
 
-    Rank 0 decides and every rank gets the same plan. A saved state written with other
+    Rank 0 decides and every rank gets the same plan. A saved plan of a run with other
     results-relevant arguments raises ResumeError on every rank.
     """
     plan, error = None, None
     if rank.is_main:
         try:
-            plan = _load_or_make_plan(model, dataset, settings, num_samples, rounds, parts_dir,
-                                      run_key)
+            plan = store.load_plan(run_key) if store is not None else None
+            if plan is None:
+                pool = select_sources(model, dataset, num_samples, seed=settings.seed)
+                labels = dataset_labels(dataset)[pool]
+                plan = {"pool": pool, "targets": assign_targets(labels, rounds, seed=settings.seed)}
+                if store is not None:
+                    store.save_plan(run_key, plan)
         except ValueError as err:  # DataError, ResultsError: every rank must stop, not wait
             error = err
     plan, error = broadcast((plan, error))
     if error is not None:
         raise error
-    return plan
-
-
-def _load_or_make_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings,
-                       num_samples: int, rounds: int, parts_dir: Path | None, run_key: dict) -> dict:
-    state_path = parts_dir / "state.pkl" if parts_dir is not None else None
-    if state_path is not None and state_path.is_file():
-        state = load_results(state_path)
-        if state["args"] != plain(run_key):
-            changed = sorted(k for k in set(state["args"]) | set(plain(run_key))
-                             if state["args"].get(k) != plain(run_key).get(k))
-            raise ResumeError(f"{parts_dir} holds a partial run with other arguments "
-                              f"({', '.join(changed)}); rerun with the same arguments to resume, "
-                              "or pass --restart to discard it")
-        log.info("resuming from %s", parts_dir)
-        return state["results"]
-    pool = select_sources(model, dataset, num_samples, seed=settings.seed)
-    labels = dataset_labels(dataset)[pool]
-    plan = {"pool": pool, "targets": assign_targets(labels, rounds, seed=settings.seed)}
-    if state_path is not None:
-        save_results(state_path, run_key, plan)
     return plan
 
 
@@ -228,16 +183,16 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, num_samples: int,
                   rounds: int = 5, batch_size: int = 64, get_final_imgs: bool = False,
-                  hull_chunk: int = 512, parts_dir: Path | None = None,
+                  hull_chunk: int = 512, store: RunStore | None = None,
                   run_key: dict | None = None, rank: Rank = Rank()) -> tuple[dict | None, dict | None]:
-    """LST from `num_samples` sources to `rounds` targets each (§4.2), resumable and sharded.
+    """LST from `num_samples` sources to `rounds` targets each, resumable and sharded.
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
-    does not depend on the batch size, the number of processes or a resume. With `parts_dir`,
-    every finished batch is saved there atomically and a rerun with the same `run_key`, settings
-    and model weights (`weights_fingerprint`) skips the pairs already done. Under
-    torch.distributed (`rank`), rank r takes the pairs k % world == r; rank 0 merges all parts
-    (parts_dir must then be on a filesystem all ranks share).
+    does not depend on the batch size, the number of processes or a resume. With a `store`
+    (opened), every finished batch is saved there atomically and a rerun with the same
+    `run_key`, settings and model weights (`weights_fingerprint`) skips the pairs already done.
+    Under torch.distributed (`rank`), rank r takes the pairs k % world == r; rank 0 merges all
+    parts (the store must then be on a filesystem all ranks share).
 
     Returns (results, all_confs) on rank 0 and (None, None) elsewhere. results (N sources, R
     rounds): source_indices (N,), labels (N,), target_indices / target_labels (N,R), init_confs
@@ -249,14 +204,13 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     started = time.time()
     run_key = dict(run_key or {}, settings=settings.as_dict(), num_samples=num_samples,
                    rounds=rounds, get_final_imgs=get_final_imgs, weights=weights_fingerprint(model))
-    plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, parts_dir, run_key, rank)
+    plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, store, run_key, rank)
     pool, targets = plan["pool"], plan["targets"]
     n_pairs = len(pool) * rounds
     barrier()
     done = np.zeros(n_pairs, dtype=bool)
-    parts = sorted(parts_dir.glob("pairs_*.pkl")) if parts_dir is not None else []
-    for part in parts:
-        done[load_results(part)["results"]["pair_ids"]] = True
+    if store is not None:
+        done[store.done_pair_ids()] = True
     todo = np.flatnonzero(~done)
     mine = todo[todo % rank.world_size == rank.rank]
     in_memory = []
@@ -272,8 +226,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
         if not get_final_imgs:
             run.pop("final_images")
         run["pair_ids"] = ids
-        if parts_dir is not None:
-            save_results(parts_dir / _part_name(ids), run_key, run)
+        if store is not None:
+            store.save_part(run_key, run)
         else:
             in_memory.append(run)
         bar.update(len(ids) * rank.world_size)
@@ -281,8 +235,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     barrier()
     if not rank.is_main:
         return None, None
-    if parts_dir is not None:
-        in_memory = [load_results(p)["results"] for p in sorted(parts_dir.glob("pairs_*.pkl"))]
+    if store is not None:
+        in_memory = store.load_parts()
     merged = _merge_parts(in_memory, n_pairs)
     n = len(pool)
     labels = dataset_labels(dataset)[pool]

@@ -1,4 +1,5 @@
-"""Confidence over triangular convex hulls (SPEC §3.2, Table 2) and along straight lines (§3.3)."""
+"""Confidence over triangular convex hulls (the paper's Table 2) and along straight lines (its
+star-like "limbs"); the statistics are defined in docs/design.md, "Measurements"."""
 from __future__ import annotations
 
 from itertools import combinations
@@ -62,7 +63,7 @@ def source_hull_confidences(model: nn.Module, source: torch.Tensor, label: int,
 
 
 def hull_stats(confs: torch.Tensor | np.ndarray, n: int = 10) -> dict[str, np.ndarray]:
-    """Statistics of §3.2 per triangle from its (M,P) grid confidences (`triangle_grid(n)` order).
+    """Table 2 statistics per triangle from its (M,P) grid confidences (`triangle_grid(n)` order).
 
     Returns a dict of (M,) float64 arrays: p_src (confidence at the source vertex), mean (over all
     P points), frac_above_{d} for d in HULL_DELTAS (fraction of points with p > p_src - d),
@@ -114,7 +115,7 @@ def segment_confidences(model: nn.Module, starts: torch.Tensor, ends: torch.Tens
                         ) -> torch.Tensor:
     """p_y along the straight segments (1-t) start + t end, t = 0, 1/(num_points-1), ..., 1.
 
-    starts, ends: (N,C,H,W) in [0,1]; labels: (N,). The "limbs" of §3.3 when ends are blind spots,
+    starts, ends: (N,C,H,W) in [0,1]; labels: (N,). The star-like "limbs" when ends are blind spots,
     the straight source-to-target line when ends are the targets. Returns (N,num_points) float32
     on the CPU.
     """

@@ -1,4 +1,4 @@
-"""Distances between blind spots and their targets (SPEC §3.1, Table 1).
+"""Distances between blind spots and their targets (the paper's Table 1).
 
 SSIM and LPIPS come from torchmetrics. LPIPS (AlexNet) needs torchvision's ImageNet AlexNet
 weights, which torchvision downloads on first use into $TORCH_HOME/hub/checkpoints; where they
@@ -12,7 +12,8 @@ import os
 import numpy as np
 import torch
 from torch import nn
-from .confidence import chunks
+
+from .batching import chunks
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`shapes`: a 10-class synthetic set of 32x32 colour images of geometric shapes (SPEC §8).
+"""`shapes`: a 10-class synthetic set of 32x32 colour images of geometric shapes.
 
 Each image is one shape of a random colour, size, position and rotation on a random background
 (a colour with a gentle gradient) with a little pixel noise. Generated in memory from a seed: no

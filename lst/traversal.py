@@ -1,4 +1,4 @@
-"""Level Set Traversal (SPEC §2): walk a source image towards a target inside the model's level set.
+"""Level Set Traversal (paper §3): walk a source image towards a target inside the model's level set.
 
 Each iteration moves x along d_perp, the part of (x_t - x) orthogonal to the input gradient of the
 cross-entropy of the source class, and accepts the move per sample only if the source-class
@@ -8,11 +8,15 @@ The literal algorithm evaluates the model at x (forward+backward) and at the pro
 (forward). Here the forward+backward at x' does both jobs: its confidence decides acceptance and
 its gradient is the next iteration's gradient for every accepted sample; a rejected sample stays
 where it was, so its cached gradient is still right. That is T+1 forward+backward passes for T
-iterations, with the same trajectory as the literal loop.
+iterations, with the same trajectory as the literal loop (docs/design.md, "The fused step").
+
+`LSTSettings` is the one home of the hyperparameters and their defaults: the command line builds
+its flags from its fields.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Sequence
 
 import torch
@@ -20,8 +24,72 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .confidence import model_device, predict, probabilities, sample_generator
+from .batching import sample_generator
+from .confidence import model_device, predict, probabilities
 from .widths import path_widths
+
+
+PAPER_ADV_STEP_SIZE = 1 / 255  # eps when the adversarial term is switched on (--adv_pert) alone
+
+
+@dataclass(frozen=True)
+class LSTSettings:
+    """The hyperparameters of LST (paper §3) and what to record along the path.
+
+    Each field's metadata["help"] is its command-line help; the flag has the field's name.
+    adv_step_size is the one exception: None turns the adversarial term off, and on the command
+    line `--adv_pert` switches it on with `--adv_step_size` (default PAPER_ADV_STEP_SIZE).
+    Invalid values raise ValueError naming the field.
+    """
+
+    step_size: float = field(default=5e-2, metadata={"help": "eta, the step along d_perp"})
+    iters: int = field(default=100, metadata={"help": "T, the number of iterations"})
+    pthresh: float = field(default=0.05, metadata={
+        "help": "delta in (0, 1]: a step is accepted while p0 - p < delta"})
+    adv_step_size: float | None = field(default=None, metadata={
+        "help": "eps of the adversarial term (with --adv_pert)", "switch": "adv_pert",
+        "switch_help": "add the adversarial term", "switch_default": PAPER_ADV_STEP_SIZE})
+    init_noise: float = field(default=4 / 255, metadata={
+        "help": "nu, width of the uniform noise added to the source at the start"})
+    log_step: int = field(default=10, metadata={"help": "record every L iterations"})
+    get_confs_over_path: bool = field(default=False, metadata={
+        "help": "record source- and target-class confidence along the path"})
+    get_images: bool = field(default=False, metadata={"help": "record images along the path"})
+    get_widths: bool = field(default=False, metadata={"help": "record path widths along the path"})
+    width_distances: tuple[float, ...] = field(default=(5.0, 10.0, 15.0, 20.0, 25.0, 30.0), metadata={
+        "help": "L2 distances r of the path widths"})
+    width_directions: int = field(default=256, metadata={
+        "help": "random orthogonal directions per path width"})
+    seed: int = field(default=0, metadata={"help": "seed of the noise, the choice of images "
+                                                   "and the path-width directions"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width_distances", tuple(self.width_distances))
+        finite = {"step_size": self.step_size, "pthresh": self.pthresh,
+                  "init_noise": self.init_noise}
+        if self.adv_step_size is not None:
+            finite["adv_step_size"] = self.adv_step_size
+        for name, value in finite.items():
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+        if self.step_size <= 0:
+            raise ValueError(f"step_size must be positive, got {self.step_size}")
+        if not 0 < self.pthresh <= 1:
+            raise ValueError(f"pthresh must be in (0, 1], got {self.pthresh}")
+        if self.adv_step_size is not None and self.adv_step_size <= 0:
+            raise ValueError(f"adv_step_size must be positive, got {self.adv_step_size}")
+        if self.init_noise < 0:
+            raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
+        if self.iters < 0 or self.log_step < 1 or self.width_directions < 1:
+            raise ValueError("iters must be >= 0, log_step and width_directions >= 1")
+        if not self.width_distances or not all(math.isfinite(r) and r > 0
+                                               for r in self.width_distances):
+            raise ValueError(f"width_distances must be positive finite numbers, got "
+                             f"{list(self.width_distances)}")
+
+    def as_dict(self) -> dict:
+        """The settings as plain values (width_distances a list), for results files."""
+        return dict(asdict(self), width_distances=list(self.width_distances))
 
 
 @dataclass
@@ -102,30 +170,23 @@ def _confidence_and_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor
 
 
 def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
-                        targets: torch.Tensor, *, step_size: float = 5e-2, iters: int = 100,
-                        pthresh: float = 0.05, adv_step_size: float | None = None,
-                        init_noise: float = 4 / 255, log_step: int = 10,
-                        get_confs_over_path: bool = False, get_images: bool = False,
-                        get_widths: bool = False,
-                        width_distances: Sequence[float] = (5, 10, 15, 20, 25, 30),
-                        width_directions: int = 256, target_labels: torch.Tensor | None = None,
-                        seed: int = 0, sample_ids: Sequence[int] | None = None,
-                        progress: bool = False) -> LSTResult:
-    """Run LST from each source towards its target (SPEC §2).
+                        targets: torch.Tensor, settings: LSTSettings | None = None, *,
+                        target_labels: torch.Tensor | None = None,
+                        sample_ids: Sequence[int] | None = None, progress: bool = False,
+                        **overrides) -> LSTResult:
+    """Run LST from each source towards its target (paper §3).
 
     model: maps [0,1] images (N,C,H,W) to logits; the computation runs on its device.
     sources, targets: (N,C,H,W) in [0,1]; labels: (N,) source classes; any device.
-    step_size, iters, pthresh: eta, T and delta of the algorithm. adv_step_size: eps of the
-        adversarial term, None to turn it off. init_noise: width nu of the uniform start noise.
-    log_step: record every `log_step` iterations (before the step) when anything is recorded.
+    settings: the hyperparameters (`LSTSettings`, default LSTSettings()); keyword `overrides`
+        replace single fields, e.g. `level_set_traversal(model, x, y, t, iters=400)`.
     target_labels: (N,) classes of the targets for the target-class confidence over the path;
         by default the model's prediction on the targets.
-    seed, sample_ids: the noise of sample k comes from (seed, sample_ids[k]) alone (default ids
-        0..N-1), so a sample's result does not depend on the batch it is in.
+    sample_ids: the noise of sample k comes from (settings.seed, sample_ids[k]) alone (default
+        ids 0..N-1), so a sample's result does not depend on the batch it is in.
     Returns an `LSTResult`.
     """
-    if step_size <= 0 or iters < 0 or log_step < 1 or not 0 < pthresh <= 1:
-        raise ValueError("need step_size > 0, iters >= 0, log_step >= 1 and 0 < pthresh <= 1")
+    settings = replace(settings or LSTSettings(), **overrides)
     device = model_device(model)
     n = len(sources)
     ids = list(range(n)) if sample_ids is None else [int(i) for i in sample_ids]
@@ -138,16 +199,18 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     probs_src = probabilities(model, x_src)
     kept = probs_src.argmax(dim=1) == y
     init_confs = probs_src.gather(1, y.view(-1, 1)).squeeze(1)
-    if get_confs_over_path and target_labels is None:
+    if settings.get_confs_over_path and target_labels is None:
         target_labels = predict(model, x_tgt)[0]
     y_tgt = None if target_labels is None else target_labels.to(device, torch.int64)
 
-    log_iters = torch.arange(0, iters, log_step)
-    n_logs = len(log_iters) if (get_confs_over_path or get_images or get_widths) else 0
-    confs_over_path = torch.zeros(n, n_logs, 2) if get_confs_over_path else None
+    log_iters = torch.arange(0, settings.iters, settings.log_step)
+    recording = settings.get_confs_over_path or settings.get_images or settings.get_widths
+    n_logs = len(log_iters) if recording else 0
+    confs_over_path = torch.zeros(n, n_logs, 2) if settings.get_confs_over_path else None
     images_over_path = (torch.zeros(n, n_logs, *sources.shape[1:], dtype=torch.uint8)
-                        if get_images else None)
-    widths = torch.zeros(n, n_logs, len(width_distances) + 1, 2) if get_widths else None
+                        if settings.get_images else None)
+    widths = (torch.zeros(n, n_logs, len(settings.width_distances) + 1, 2)
+              if settings.get_widths else None)
     accepted_steps = torch.zeros(n, device=device)
     final = x_src.clone()
     final_confs = init_confs.clone()
@@ -156,16 +219,17 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     if len(idx) > 0:
         xs, xt, yk, p0 = x_src[idx], x_tgt[idx], y[idx], init_confs[idx]
         kept_ids = [ids[i] for i in idx.tolist()]
-        noise = initial_noise(sources.shape[1:], init_noise, seed, kept_ids).to(device)
+        noise = initial_noise(sources.shape[1:], settings.init_noise, settings.seed,
+                              kept_ids).to(device)
         x = (xs + noise).clamp(0, 1)
         adv = torch.zeros_like(x)
         probs, grad = _confidence_and_grad(model, x, yk)
         conf = probs.gather(1, yk.view(-1, 1)).squeeze(1)
         idx_cpu = idx.cpu()
-        for i in tqdm(range(iters), desc="LST", disable=not progress, leave=False):
+        for i in tqdm(range(settings.iters), desc="LST", disable=not progress, leave=False):
             d_perp = orthogonal_step(grad, xt - x)
-            if i % log_step == 0 and n_logs:
-                r = i // log_step
+            if i % settings.log_step == 0 and n_logs:
+                r = i // settings.log_step
                 if confs_over_path is not None:
                     confs_over_path[idx_cpu, r, 0] = conf.cpu()
                     confs_over_path[idx_cpu, r, 1] = probs.gather(
@@ -174,14 +238,16 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                     images_over_path[idx_cpu, r] = (x * 255).round().to(torch.uint8).cpu()
                 if widths is not None:
                     widths[idx_cpu, r] = path_widths(
-                        model, x, d_perp, yk, width_distances, num_directions=width_directions,
-                        seed=seed, sample_ids=kept_ids, stream=f"widths/{r}")
-            if adv_step_size is not None:
-                adv = (adv + (adv_step_size / 2) * grad).clamp(-adv_step_size, adv_step_size)
-            proposal = (x + step_size * d_perp - adv).clamp(0, 1)
+                        model, x, d_perp, yk, settings.width_distances,
+                        num_directions=settings.width_directions, seed=settings.seed,
+                        sample_ids=kept_ids, stream=f"widths/{r}")
+            eps = settings.adv_step_size
+            if eps is not None:
+                adv = (adv + (eps / 2) * grad).clamp(-eps, eps)
+            proposal = (x + settings.step_size * d_perp - adv).clamp(0, 1)
             new_probs, new_grad = _confidence_and_grad(model, proposal, yk)
             new_conf = new_probs.gather(1, yk.view(-1, 1)).squeeze(1)
-            accept = (p0 - new_conf) < pthresh
+            accept = (p0 - new_conf) < settings.pthresh
             accepted_steps[idx] += accept.float()
             a4 = accept.view(-1, 1, 1, 1)
             x = torch.where(a4, proposal, x)
@@ -195,7 +261,7 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         kept=kept.cpu(),
         init_confs=init_confs.detach().cpu(),
         final_confs=final_confs.cpu(),
-        accept_rate=(accepted_steps / max(iters, 1)).cpu(),
+        accept_rate=(accepted_steps / max(settings.iters, 1)).cpu(),
         log_iters=log_iters[:n_logs] if n_logs else log_iters[:0],
         confs_over_path=confs_over_path,
         images_over_path=images_over_path,

@@ -1,4 +1,4 @@
-"""Path width (SPEC §3.4): how far the level set extends sideways around an LST iterate."""
+"""Path width (docs/design.md, "Measurements"): how far the level set extends sideways around an LST iterate."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,7 +6,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .confidence import class_confidence, confidences_of, sample_generator
+from .batching import sample_generator
+from .confidence import class_confidence, confidences_of
 
 
 def random_orthogonal_directions(step: torch.Tensor, num_directions: int,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lst.confidence import chunks
+from lst.batching import chunks
 from lst.data import DataError, load_dataset
 from lst.results import atomic_write
 from models.architectures import ARCHITECTURES
@@ -203,6 +203,19 @@ def train(args: argparse.Namespace) -> dict:
     atomic_torch_save({"arch": args.arch, "num_classes": num_classes,
                        "state_dict": model.state_dict(), "meta": meta}, args.out)
     return meta
+
+
+def train_model(arch: str, dataset: str, out: str | Path, **options) -> dict:
+    """Train as `python -m models.train ARCH DATASET --out OUT --OPTION VALUE ...` does, with the
+    same defaults, and return the meta dict of the weights file it writes. Raises DataError."""
+    argv = [arch, dataset, "--out", str(out)]
+    for name, value in options.items():
+        flag = f"--{name}"
+        if value is True:
+            argv.append(flag)
+        elif value not in (False, None):
+            argv += [flag, str(value)]
+    return train(parse_args(argv))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -1,8 +1,9 @@
-"""The command line end to end on `shapes` with few iterations, and every bad input of §10."""
+"""The command line end to end on `shapes` with few iterations, and every bad input of docs/design.md, "Bad input"."""
 import os
 import pickle
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 import level_set_traversal as cli
 import print_tables
+from lst import LSTSettings
 from lst.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,3 +208,28 @@ def test_print_tables_bad_input(tmp_path, capsys):
     (tmp_path / "x_fulleval_dict.pkl").write_bytes(b"garbage")
     assert print_tables.main([str(tmp_path)]) == 2
     assert "x_fulleval_dict.pkl" in capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_settings_defaults():
+    """The flags come from LSTSettings: same names, same defaults, and back field by field."""
+    args = cli.parse_args(["smallcnn-normal", "shapes", "--examples"])
+    defaults = LSTSettings()
+    for f in fields(LSTSettings):
+        if "switch" in f.metadata:  # the adversarial term: off unless --adv_pert
+            assert getattr(args, f.metadata["switch"]) is False and getattr(defaults, f.name) is None
+        else:
+            value = getattr(args, f.name)
+            assert (tuple(value) if isinstance(value, list) else value) == getattr(defaults, f.name), f.name
+    assert cli.lst_settings(args) == defaults
+
+
+def test_every_settings_field_reaches_the_settings_from_its_flag():
+    changed = LSTSettings(step_size=0.5, iters=7, pthresh=0.3, adv_step_size=0.01, init_noise=0.1,
+                          log_step=2, get_confs_over_path=True, get_images=True, get_widths=True,
+                          width_distances=(0.5, 3.0), width_directions=9, seed=4)
+    assert all(getattr(changed, f.name) != getattr(LSTSettings(), f.name) for f in fields(LSTSettings))
+    argv = ["smallcnn-normal", "shapes", "--examples", "--step_size", "0.5", "--iters", "7",
+            "--pthresh", "0.3", "--adv_pert", "--adv_step_size", "0.01", "--init_noise", "0.1",
+            "--log_step", "2", "--get_confs_over_path", "--get_images", "--get_widths",
+            "--width_distances", "0.5", "3", "--width_directions", "9", "--seed", "4"]
+    assert cli.lst_settings(cli.parse_args(argv)) == changed

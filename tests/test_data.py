@@ -162,3 +162,36 @@ def test_select_sources_fills_from_other_classes_when_one_runs_short():
     counts = np.bincount(np.array(labels)[chosen], minlength=10)
     assert len(chosen) == 50 and counts[0] == 2 and counts[1:].min() >= 5 and counts.max() <= 6
     assert np.array_equal(chosen, select_sources(Oracle(), ds, 50, seed=0, batch_size=300))
+
+
+def test_dataset_records_are_consistent():
+    import level_set_traversal as cli
+    from lst.data import DATASETS
+
+    args = cli.parse_args(["m", "shapes", "--examples"])
+    for info in DATASETS.values():
+        assert info.num_classes == len(info.class_names) == len(set(info.class_names))
+        assert len(set(info.default_targets)) >= 3
+        assert all(0 <= c < info.num_classes for c in info.default_targets)
+        if info.path_flag is not None:
+            assert hasattr(args, info.path_flag.lstrip("-"))  # the command line has the flag
+    shapes = load_dataset("shapes")
+    assert tuple(shapes[0][0].shape) == DATASETS["shapes"].image_shape
+
+
+def test_check_args_takes_classes_from_the_record(monkeypatch):
+    import level_set_traversal as cli
+    from lst.data import DATASETS
+
+    args = cli.parse_args(["smallcnn-normal", "shapes", "--examples"])
+    cli.check_args(args)
+    assert args.target_classes == list(DATASETS["shapes"].default_targets)
+    tiny = DATASETS["shapes"].__class__("tiny", ("a", "b", "c", "d"), (3, 8, 8), (1, 2, 3), None,
+                                        "generated", DATASETS["shapes"].load)
+    monkeypatch.setitem(DATASETS, "tiny", tiny)
+    args = cli.parse_args(["smallcnn-normal", "tiny", "--examples"])
+    cli.check_args(args)
+    assert args.target_classes == [1, 2, 3]
+    bad = cli.parse_args(["smallcnn-normal", "tiny", "--examples", "--target_classes", "1", "2", "4"])
+    with pytest.raises(DataError, match="tiny has classes 0..3"):
+        cli.check_args(bad)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -63,18 +64,36 @@ def test_statistics_match_an_analytic_model():
         assert np.isclose(stats[f"frac_above_{d:g}"][0], (expected > p_src - d).double().mean())
 
 
+class ProductModel(nn.Module):
+    """Two classes, logit_0 = 2 - 40 u v and logit_1 = 0, where u and v are the mean pixel of the
+    top and of the bottom half, less 0.5. Where u = 0 or v = 0, p_0 = sigmoid(2)."""
+
+    def forward(self, x):
+        u = x[..., :2, :].flatten(1).mean(1) - 0.5
+        v = x[..., 2:, :].flatten(1).mean(1) - 0.5
+        return torch.stack([2 - 40 * u * v, torch.zeros_like(u)], dim=1)
+
+
 def test_edges_are_the_two_that_touch_the_source():
-    shape = (3, 4, 4)
-    model = two_class_logit_model(48)
-    # the edge between the two blind spots dips (0.0 to 0.0 through -) only if it were used
-    source, first, second = (torch.full((1, *shape), v) for v in (1.0, 1.0, 1.0))
-    first[..., :2, :] = 0.0
-    second[..., 2:, :] = 0.0
-    confs = lst.hull_confidences(model, source, first, second, torch.tensor([0]))
+    """Source 0.5 everywhere (u = v = 0); blind spot a brightens the top half (u = 0.5, v = 0),
+    blind spot b the bottom half (u = 0, v = 0.5). Both source edges keep u v = 0, so p_0 is
+    sigmoid(2) along them; the opposite edge (a + b = 1) has u v > 0 and dips to sigmoid(-0.5)."""
+    shape = (1, 3, 4, 4)
+    source = torch.full(shape, 0.5)
+    first, second = source.clone(), source.clone()
+    first[..., :2, :] = 1.0
+    second[..., 2:, :] = 1.0
+    confs = lst.hull_confidences(ProductModel(), source, first, second, torch.tensor([0]))
+    grid = lst.triangle_grid(10)
+    opposite = confs[0, (grid[:, 1] + grid[:, 2] - 1).abs() < 1e-9]
+    p_src = torch.sigmoid(torch.tensor(2.0)).item()
+    # guard: the opposite edge really dips far below the source edges, at its midpoint
+    assert opposite.min().item() == pytest.approx(torch.sigmoid(torch.tensor(-0.5)).item(), abs=1e-5)
+    assert opposite.min().item() < p_src - 0.4
     stats = lst.hull_stats(confs)
-    # both source edges go from mean 1.0 to mean 0.5; the opposite edge stays at 0.5
-    assert np.isclose(stats["edge_min"][0], torch.sigmoid(torch.tensor(2.0)).item()
-                      - torch.sigmoid(torch.tensor(4.0)).item(), atol=1e-6)
+    assert stats["edge_min"][0] == pytest.approx(0.0, abs=1e-6)
+    assert stats["edge_mean"][0] == pytest.approx(p_src, abs=1e-6)
+    assert stats["mean"][0] < p_src - 0.05  # the triangle's inside is not the edges' value
 
 
 def test_source_hull_stats_aggregates_over_pairs():

@@ -6,6 +6,7 @@ import timm
 import torch
 
 import models
+import models.registry
 from lst.data import DataConfig
 from models import ModelError, load_model
 
@@ -13,7 +14,7 @@ from models import ModelError, load_model
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
     """No network and empty caches: every weight a test needs, it writes itself."""
-    monkeypatch.setattr(models, "reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models.registry, "reachable", lambda *a, **k: False)
     monkeypatch.setenv("LST_HOME", str(tmp_path / "lst_home"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
 
@@ -141,10 +142,10 @@ def test_unknown_names_list_the_known_ones():
 @pytest.mark.slow
 def test_smallcnn_is_trained_on_first_use_when_no_weights_ship(tmp_path, monkeypatch):
     """About a minute on 2 CPU cores: the real first-use training, cached in LST_HOME."""
-    monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path / "no_shipped_weights")
+    monkeypatch.setattr(models.registry, "WEIGHTS_DIR", tmp_path / "no_shipped_weights")
     model, _ = load_model("smallcnn-normal", "shapes")
     cached = tmp_path / "lst_home" / "weights" / "smallcnn-normal.pt"
     assert cached.is_file()
     assert torch.load(cached, weights_only=True)["meta"]["clean_acc"] >= 0.97
-    monkeypatch.setattr(models, "_train_smallcnn", lambda *a: pytest.fail("trained twice"))
+    monkeypatch.setattr(models.registry, "_train_smallcnn", lambda *a: pytest.fail("trained twice"))
     load_model("smallcnn-normal", "shapes")

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from lst.experiments import LSTSettings, ResumeError, run_full_eval
+from lst import LSTSettings
+from lst.experiments import run_full_eval
 from lst.results import load_results
+from lst.runstore import ResumeError, RunStore
 from lst.shapes import ShapesDataset
 from models import load_model
 
@@ -115,9 +117,10 @@ def test_other_weights_under_the_same_name_do_not_resume(tmp_path, caplog):
     model, _ = load_model("smallcnn-normal", "shapes")
     dataset = ShapesDataset("test", seed=0)
     settings = LSTSettings(iters=3, log_step=1)
-    kwargs = dict(num_samples=4, rounds=2, batch_size=4, parts_dir=tmp_path, run_key={"model": "m"})
+    kwargs = dict(num_samples=4, rounds=2, batch_size=4, store=RunStore(tmp_path, "run"),
+                  run_key={"model": "m"})
     first, _ = run_full_eval(model, dataset, settings, **kwargs)
-    with caplog.at_level("INFO", logger="lst.experiments"):
+    with caplog.at_level("INFO", logger="lst.runstore"):
         again, _ = run_full_eval(model, dataset, settings, **kwargs)  # same weights: resumes
     assert "resuming" in caplog.text
     np.testing.assert_array_equal(first["final_confs"], again["final_confs"])

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -8,7 +9,8 @@ from tests.conftest import linear_classifier, small_cnn
 
 def literal_lst(model, sources, labels, targets, *, step_size, iters, pthresh, adv_step_size,
                 noise):
-    """SPEC §2 written out literally: forward+backward at x, then a forward at x', every step."""
+    """The paper's algorithm (§3) written out literally: forward+backward at x, then a forward
+    at x', every step (docs/design.md, "The fused step")."""
     def conf(x):
         return torch.softmax(model(x), 1).gather(1, labels.view(-1, 1)).squeeze(1)
 
@@ -180,3 +182,28 @@ def test_recordings_are_taken_before_the_step_at_multiples_of_log_step(cnn, imag
     assert (res.images_over_path[:, 0].float() - start * 255).abs().max() <= 0.5 + 1e-4
     torch.testing.assert_close(res.widths[:, :, 0, 0], res.confs_over_path[:, :, 0],
                                atol=1e-5, rtol=0)
+
+
+def test_settings_object_and_keywords_give_the_same_traversal(images):
+    model = small_cnn(gain=100.0)
+    x, t = images
+    y = lst.predict(model, x)[0]
+    settings = lst.LSTSettings(iters=5, step_size=0.1, adv_step_size=0.01)
+    by_object = lst.level_set_traversal(model, x, y, t, settings)
+    by_keywords = lst.level_set_traversal(model, x, y, t, iters=5, step_size=0.1, adv_step_size=0.01)
+    overridden = lst.level_set_traversal(model, x, y, t, lst.LSTSettings(iters=99), iters=5,
+                                         step_size=0.1, adv_step_size=0.01)
+    for other in (by_keywords, overridden):
+        torch.testing.assert_close(by_object.final_images, other.final_images, rtol=0, atol=0)
+    with pytest.raises(TypeError):
+        lst.level_set_traversal(model, x, y, t, no_such_setting=1)
+
+
+@pytest.mark.parametrize("bad", [dict(step_size=0), dict(step_size=float("nan")),
+                                 dict(pthresh=1.5), dict(adv_step_size=float("inf")),
+                                 dict(init_noise=-1), dict(width_distances=(1, -1)),
+                                 dict(iters=-1)])
+def test_settings_refuse_values_that_mean_nothing(bad):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):
+        lst.LSTSettings(**bad)
