@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -22,8 +23,8 @@ import numpy as np
 import torch
 
 from lst.data import DataError, dataset_info, load_dataset, random_classes
-from lst.results import ResultsError, results_stem
-from lst.runstore import RunStore
+from lst.results import ResultsError, WriteError, results_stem
+from lst.runstore import RunStore, provenance, run_id, run_key, weights_fingerprint
 from lst.traversal import LSTSettings
 
 
@@ -94,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cpu or cuda; under torchrun each rank takes cuda:LOCAL_RANK")
     p.add_argument("--restart", action="store_true",
                    help="full_eval: discard saved partial results instead of resuming")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute a run whose results file exists, and replace that file")
     return p.parse_args(argv)
 
 
@@ -110,6 +113,8 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
     for name in ("iters", "batch_size", "log_step", "num_samples", "rounds", "width_directions"):
         if getattr(args, name) <= 0:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
+    if not (math.isfinite(args.adv_step_size) and args.adv_step_size > 0):  # even unused
+        raise DataError(f"--adv_step_size must be a positive finite number, got {args.adv_step_size}")
     try:
         settings = lst_settings(args)
     except ValueError as err:  # its message starts with the field's name, the flag's name
@@ -133,17 +138,44 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
         raise DataError(f"{args.dataset} needs its folder: pass {info.path_flag} DIR ({info.layout})")
     if info.needs_model_config and not args.load_dict and not Path(root).is_dir():
         raise DataError(f"{args.dataset} path {root} does not exist: expected {info.layout}")
-    if args.examples and len(set(args.target_classes)) < 3:
+    if len(set(args.target_classes)) < len(args.target_classes):
+        twice = sorted({c for c in args.target_classes if args.target_classes.count(c) > 1})
+        raise DataError(f"--target_classes names class(es) {twice} more than once")
+    if args.examples and len(args.target_classes) < 3:
         raise DataError("--examples needs at least 3 distinct --target_classes")
+    if args.load_dict and not args.examples:
+        raise DataError("--load_dict redraws the figures of --examples; it does not go with "
+                        "--full_eval")
     return settings
 
 
-def stem_of(args: argparse.Namespace, settings: LSTSettings) -> str:
+def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
+    """The run key of these flags (lst.runstore.run_key): what decides the results."""
+    from models import local_weights_file
+
+    sizes = ({"classes": args.target_classes} if args.examples else
+             {"num_samples": args.num_samples, "rounds": args.rounds,
+              "get_final_imgs": args.get_final_imgs})
+    return run_key("examples" if args.examples else "full_eval", args.model, args.dataset,
+                   settings, data_root=data_root(args),
+                   weights_file=local_weights_file(args.model, args.dataset, args.load_model_path),
+                   **sizes)
+
+
+def stem_of(args: argparse.Namespace, settings: LSTSettings, key: dict) -> str:
     return results_stem(desc=args.desc, model=args.model, dataset=args.dataset,
                         step_size=settings.step_size, iters=settings.iters,
                         adv_step_size=settings.adv_step_size,
                         classes=args.target_classes if args.examples else None,
-                        num_samples=args.num_samples)
+                        num_samples=args.num_samples, run_id=run_id(key))
+
+
+def results_args(args: argparse.Namespace, key: dict, origin: dict) -> dict:
+    """The `args` of a results file: the flags, the full run key and where the results come
+    from (package versions, git commit, host, start and end time)."""
+    return {**vars(args), "run_key": key, "run_id": run_id({k: v for k, v in key.items()
+                                                            if k != "weights"}),
+            "provenance": dict(origin, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
 
 
 def model_and_data(args: argparse.Namespace):
@@ -159,22 +191,39 @@ def model_and_data(args: argparse.Namespace):
     return model, dataset
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a run; the message says what is saved."""
+
+
 def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
     from lst.experiments import run_examples
     from lst.plots import plot_examples
 
-    store = RunStore(args.out_dir, stem_of(args, settings))
+    key = run_identity(args, settings)
+    store = RunStore(args.out_dir, stem_of(args, settings, key), "examples")
+    names = dataset_info(args.dataset).class_names
     if args.load_dict:
         results = store.read("examples_dict")
-    else:
-        model, dataset = model_and_data(args)
-        results = run_examples(model, dataset, args.target_classes, settings,
-                               out_dir=store.out_dir, dataset_name=args.dataset,
-                               batch_size=args.batch_size)
-        store.write("examples_dict", vars(args), results)
-    names = dataset_info(args.dataset).class_names
-    figures = plot_examples(results, [names[c] for c in results["classes"]], store.out_dir,
-                            store.stem, settings.width_distances)
+        figures = plot_examples(results, [names[c] for c in results["classes"]], store.out_dir,
+                                store.stem, settings.width_distances)
+        return f"redrew {len(figures)} figures from {store.path('examples_dict')} in {store.out_dir}/"
+    try:
+        with store.open():
+            model, dataset = model_and_data(args)
+            key["weights"] = weights_fingerprint(model)
+            if not args.overwrite and store.finished("examples_dict", key):
+                return (f"already done: {store.path('examples_dict')} holds this run "
+                        "(--load_dict redraws its figures, --overwrite recomputes it)")
+            origin = provenance()
+            results = run_examples(model, dataset, args.target_classes, settings,
+                                   out_dir=store.out_dir, dataset_name=args.dataset,
+                                   batch_size=args.batch_size)
+            store.write("examples_dict", results_args(args, key, origin), results)
+            figures = plot_examples(results, [names[c] for c in results["classes"]],
+                                    store.out_dir, store.stem, settings.width_distances)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: no results file was written; rerun the same command "
+                          "to run it") from None
     k = len(results["classes"])
     off = ~np.eye(k, dtype=bool)
     return (f"examples: {k * (k - 1)} pairs, mean source confidence {results['init_confs'].mean():.3f}"
@@ -191,27 +240,52 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
     if not rank.is_main:
         logging.getLogger().setLevel(logging.WARNING)
     args.device = str(rank.device)
-    store = RunStore(args.out_dir, stem_of(args, settings), rank)
+    key = run_identity(args, settings)
+    store = RunStore(args.out_dir, stem_of(args, settings, key), "full_eval", rank)
     try:
-        store.open(restart=args.restart)
-        model, dataset = model_and_data(args)
-        results, all_confs = run_full_eval(
-            model, dataset, settings, num_samples=args.num_samples, rounds=args.rounds,
-            batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, store=store,
-            run_key={"model": args.model, "dataset": args.dataset,
-                     "load_model_path": args.load_model_path}, rank=rank)
-        if not rank.is_main:
-            return None
-        written = [store.write("fulleval_dict", vars(args), results)]
-        if all_confs is not None:
-            written.append(store.write("all_confs", vars(args), all_confs))
-        store.finish()
+        with store.open(restart=args.restart):
+            model, dataset = model_and_data(args)
+            key["weights"] = weights_fingerprint(model)
+            done, error = None, None
+            if rank.is_main:
+                try:
+                    done = not args.overwrite and store.finished("fulleval_dict", key)
+                except ResultsError as err:
+                    error = err
+            done, error = distributed.broadcast((done, error))
+            if error is not None:
+                raise error
+            if done:
+                return (f"already done: {store.path('fulleval_dict')} holds this run "
+                        "(--overwrite recomputes it)") if rank.is_main else None
+            origin = provenance()
+            results, all_confs = run_full_eval(
+                model, dataset, settings, num_samples=args.num_samples, rounds=args.rounds,
+                batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, store=store,
+                run_key=key, rank=rank)
+            if not rank.is_main:
+                return None
+            file_args = results_args(args, key, origin)
+            written = []  # the results dict last: a run counts as done once it exists
+            if all_confs is not None:
+                written.append(store.write("all_confs", file_args, all_confs))
+            written.insert(0, store.write("fulleval_dict", file_args, results))
+            store.finish()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {saved_pairs(store)}; the same command resumes") from None
+    except WriteError as err:
+        raise WriteError(f"{err}; {saved_pairs(store)} and the same command resumes") from None
     finally:
         distributed.teardown()
     return (f"full_eval: {results['final_confs'].size} pairs on {rank.world_size} process(es), "
             f"mean final confidence {np.nanmean(results['final_confs']):.3f}, mean L2 "
             f"{np.nanmean(results['l2']):.3f}, mean SSIM {np.nanmean(results['ssim']):.3f}; "
             f"wrote {', '.join(map(str, written))}")
+
+
+def saved_pairs(store: RunStore) -> str:
+    """'N finished pairs are saved in DIR', for an interrupted or failed full_eval."""
+    return f"{store.saved_pairs()} finished pairs are saved in {store.parts_dir}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ModelError, ResultsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a fault no check above foresaw: still one line
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+    except (Interrupted, KeyboardInterrupt) as err:
+        print(str(err) or "interrupted", file=sys.stderr)
+        return 130
     if summary is not None:  # other ranks of a torchrun stay quiet
         print(f"{summary} ({time.time() - started:.0f} s)")
     return 0

@@ -3,8 +3,9 @@
     python print_tables.py plots_and_figures/                      # every *_fulleval_dict.pkl
     python print_tables.py 'runs/*_fulleval_dict.pkl' --format latex
 
-Mean ± std per results file (one row per model run), over the kept (source, target) pairs for
-Table 1 and over sources for Table 2 (files written with --get_final_imgs).
+Mean ± std per results file (one row per run), over the kept (source, target) pairs for Table 1
+and over sources for Table 2 (files written with --get_final_imgs), with n. Rows are labelled by
+the model and by every argument that differs between the runs shown (e.g. "pthresh=0.5").
 """
 from __future__ import annotations
 
@@ -60,19 +61,59 @@ def expand(patterns: list[str]) -> list[Path]:
     return files
 
 
+def run_arguments(args: dict) -> dict:
+    """The results-relevant arguments of a run, flat ('pthresh', 'seed', 'num_samples', ...):
+    from its run key, or from its flags for files written before run keys."""
+    key = args.get("run_key")
+    if key is None:
+        return {k: v for k, v in args.items() if k not in ("desc", "out_dir", "device")}
+    flat = {k: v for k, v in key.items() if k != "settings"}
+    flat.update(key.get("settings", {}))
+    return flat
+
+
+def row_labels(arguments: list[dict], base: list[str]) -> list[str]:
+    """base[i] plus every argument whose value differs between the runs shown, e.g.
+    'ResNet-20 (AT) pthresh=0.5', so that no two rows look alike."""
+    names = sorted({k for a in arguments for k in a} - {"model", "dataset", "mode"})
+    differing = [k for k in names if len({repr(a.get(k)) for a in arguments}) > 1]
+    # other models have other weights: name the weights only where one model's runs differ
+    implied = {"weights", "weights_file"}
+    differing = [k for k in differing if k not in implied or any(
+        len({repr(a.get(k)) for a in arguments if a.get("model") == m}) > 1
+        for m in {a.get("model") for a in arguments})]
+
+    def show(value) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, (list, tuple)):
+            return ",".join(show(v) for v in value)
+        return str(value)
+
+    return [" ".join([b] + [f"{k}={show(a.get(k))}" for k in differing])
+            for a, b in zip(arguments, base)]
+
+
 def tables(files: list[Path], fmt: str) -> str:
     pm = r"$\pm$" if fmt == "latex" else "±"
-    rows1, rows2 = [], []
+    runs = []
     for path in files:
         payload = load_results(path)
         args, res = payload["args"], payload["results"]
         if "final_confs" not in res or "l2" not in res or res.get("source_indices") is None:
             raise ResultsError(f"{path} is not a full_eval results file")
+        runs.append((args, res))
+    labels = row_labels([run_arguments(a) for a, _ in runs], [model_label(a) for a, _ in runs])
+    rows1, rows2 = [], []
+    for label, (args, res) in zip(labels, runs):
         kept = np.asarray(res["kept"], dtype=bool)
-        label = [model_label(args), args["dataset"]]
-        rows1.append(label + [mean_std(np.asarray(res[key])[kept], pm) for _, key in TABLE1])
+        rows1.append([label, args["dataset"], int(kept.sum())]
+                     + [mean_std(np.asarray(res[key])[kept], pm) for _, key in TABLE1])
         if "hull_stats" in res:
-            rows2.append(label + [mean_std(res["hull_stats"][key], pm) for _, key in TABLE2])
+            stats = res["hull_stats"]
+            n_sources = int(np.isfinite(np.asarray(stats["p_src"], dtype=float)).sum())
+            rows2.append([label, args["dataset"], n_sources]
+                         + [mean_std(stats[key], pm) for _, key in TABLE2])
     tablefmt = FORMATS[fmt]
 
     def header(names: list[str]) -> list[str]:
@@ -80,12 +121,13 @@ def tables(files: list[Path], fmt: str) -> str:
             return names
         return [n.replace("_", r"\_").replace(">", "$>$") for n in names]
 
-    out = ["Table 1: blind spots vs. their targets (mean ± std over kept pairs)",
-           tabulate(rows1, headers=header(["model", "dataset"] + [h for h, _ in TABLE1]), tablefmt=tablefmt)]
+    out = ["Table 1: blind spots vs. their targets (mean ± std over kept pairs; n kept pairs)",
+           tabulate(rows1, headers=header(["model", "dataset", "n"] + [h for h, _ in TABLE1]),
+                    tablefmt=tablefmt)]
     if rows2:
         out += ["", "Table 2: source-class confidence over triangles (source, two blind spots); "
-                "mean ± std over sources",
-                tabulate(rows2, headers=header(["model", "dataset"] + [h for h, _ in TABLE2]),
+                "mean ± std over sources (n sources)",
+                tabulate(rows2, headers=header(["model", "dataset", "n"] + [h for h, _ in TABLE2]),
                          tablefmt=tablefmt)]
     else:
         out += ["", "Table 2: no hull statistics in these files (run full_eval with --get_final_imgs)"]

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
@@ -57,6 +58,15 @@ class DataConfig:
         return T.Compose(steps + [T.ToTensor()])
 
 
+def read_rgb(path: str | Path) -> Image.Image:
+    """An image file as an RGB PIL image; DataError naming the file if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as err:  # missing, truncated, not an image
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
 def load_imagenet(root: str | Path, config: DataConfig) -> Dataset:
     """ImageNet validation images, torchvision layout or plain wnid folders (module docstring)."""
     root = Path(root).expanduser()
@@ -66,7 +76,8 @@ def load_imagenet(root: str | Path, config: DataConfig) -> Dataset:
         raise DataError(f"ImageNet path {root} does not exist: {expected}")
     transform = config.transform()
     if (root / "meta.bin").is_file() or (root / "ILSVRC2012_devkit_t12.tar.gz").is_file():
-        return torchvision.datasets.ImageNet(str(root), split="val", transform=transform)
+        return torchvision.datasets.ImageNet(str(root), split="val", transform=transform,
+                                             loader=read_rgb)
     for folder in (root / "val", root):
         if folder.is_dir():
             wnids = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -76,7 +87,7 @@ def load_imagenet(root: str | Path, config: DataConfig) -> Dataset:
                                     f"{expected}")
                 # empty class folders are allowed: labels stay aligned with the 1000 wnids
                 dataset = torchvision.datasets.ImageFolder(str(folder), transform=transform,
-                                                           allow_empty=True)
+                                                           loader=read_rgb, allow_empty=True)
                 if len(dataset) == 0:
                     raise DataError(f"{folder} has class folders but no images: {expected}")
                 return dataset
@@ -92,13 +103,16 @@ def load_cifar10(root: str | Path, split: str = "test", download: bool = True) -
     root = Path(root).expanduser()
     expected = ("expected torchvision's CIFAR-10 (cifar-10-batches-py/) or class folders "
                 f"{split}/airplane/ ... {split}/truck/")
+    if not root.is_dir():  # never let torchvision create it
+        raise DataError(f"CIFAR-10 folder {root} does not exist: {expected}")
     folder = root / split
     if folder.is_dir():
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if len(classes) != 10:
             raise DataError(f"{folder} has {len(classes)} class folders, CIFAR-10 has 10: {expected}")
         try:
-            return torchvision.datasets.ImageFolder(str(folder), transform=T.ToTensor())
+            return torchvision.datasets.ImageFolder(str(folder), transform=T.ToTensor(),
+                                                    loader=read_rgb)
         except FileNotFoundError as err:
             raise DataError(f"{folder}: {str(err).split('. ')[0]}: {expected}") from None
     try:

@@ -7,7 +7,6 @@ full_eval keeps its partial state in a `RunStore` so that it resumes.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from itertools import combinations
@@ -23,12 +22,14 @@ from tqdm.auto import tqdm
 
 from .batching import chunks
 from .confidence import model_device
-from .data import assign_targets, dataset_labels, select_sources, select_targets, stack_items
+from .data import (assign_targets, dataset_labels, read_rgb, select_sources, select_targets,
+                   stack_items)
 from .distributed import Rank, barrier, broadcast
 from .hull import (aggregate_pairs, hull_stats, segment_confidences, source_hull_confidences,
                    triangle_grid)
 from .metrics import image_distances
-from .runstore import ResumeError, RunStore
+from .results import atomic_write
+from .runstore import ResumeError, RunStore, weights_fingerprint
 from .traversal import LSTSettings, level_set_traversal
 
 log = logging.getLogger(__name__)
@@ -40,15 +41,16 @@ def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.T
                         desc: str = "LST", progress: bool = True) -> dict[str, np.ndarray]:
     """LST over N pairs in batches; returns the LSTResult fields (numpy) plus the distances."""
     parts = []
-    for part in tqdm(list(chunks(len(sources), batch_size)), desc=desc, leave=False,
-                     disable=not progress):
-        res = level_set_traversal(model, sources[part], labels[part], targets[part], settings,
-                                  target_labels=target_labels[part],
-                                  sample_ids=list(sample_ids[part]))
-        out = res.numpy()
-        device = model_device(model)
-        out.update(image_distances(res.final_images.to(device), targets[part].to(device)))
-        parts.append(out)
+    device = model_device(model)
+    with tqdm(list(chunks(len(sources), batch_size)), desc=desc, leave=False,
+              disable=not progress) as batches:
+        for part in batches:
+            res = level_set_traversal(model, sources[part], labels[part], targets[part], settings,
+                                      target_labels=target_labels[part],
+                                      sample_ids=list(sample_ids[part]))
+            out = res.numpy()
+            out.update(image_distances(res.final_images.to(device), targets[part].to(device)))
+            parts.append(out)
     return {k: (None if parts[0][k] is None else
                 parts[0][k] if k == "log_iters" else np.concatenate([p[k] for p in parts]))
             for k in parts[0]}
@@ -66,17 +68,17 @@ def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], 
     for k, cls in enumerate(classes):
         png = out_dir / f"{dataset_name}_target_{cls}.png"
         if png.is_file():
-            images[k] = torch.from_numpy(np.array(Image.open(png).convert("RGB"))).permute(2, 0, 1)
+            images[k] = torch.from_numpy(np.array(read_rgb(png))).permute(2, 0, 1)
         else:
             missing.append(k)
     if missing:
         found = select_targets(model, dataset, [classes[k] for k in missing])
         loaded, _ = stack_items(dataset, found)
-        out_dir.mkdir(parents=True, exist_ok=True)
         for k, img in zip(missing, loaded):
             pixels = (img * 255).round().clamp(0, 255).to(torch.uint8)
-            Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(
-                out_dir / f"{dataset_name}_target_{classes[k]}.png")
+            picture = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+            atomic_write(out_dir / f"{dataset_name}_target_{classes[k]}.png",
+                         lambda f: picture.save(f, format="PNG"))
             images[k] = pixels
     return torch.stack(images).float() / 255, torch.tensor(list(classes))
 
@@ -170,17 +172,6 @@ def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, n
     return plan
 
 
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 (16 hex digits) of the model's state dict (names, shapes, dtypes, values), so a
-    partial run never resumes with other weights under the same model name."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        raw = tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8)
-        digest.update(raw.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, num_samples: int,
                   rounds: int = 5, batch_size: int = 64, get_final_imgs: bool = False,
                   hull_chunk: int = 512, store: RunStore | None = None,
@@ -189,8 +180,10 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
     does not depend on the batch size, the number of processes or a resume. With a `store`
-    (opened), every finished batch is saved there atomically and a rerun with the same
-    `run_key`, settings and model weights (`weights_fingerprint`) skips the pairs already done.
+    (opened), every finished batch is saved there atomically with the run key, and a rerun with
+    the same key skips the pairs already done; a saved plan or part with another key raises
+    ResumeError. run_key: the run's identity (`lst.runstore.run_key`; by default the settings
+    and sizes); the model's `weights_fingerprint` is added unless the key has "weights".
     Under torch.distributed (`rank`), rank r takes the pairs k % world == r; rank 0 merges all
     parts (the store must then be on a filesystem all ranks share).
 
@@ -202,41 +195,44 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     get_final_imgs, else None): hull_pairs (M,2) round pairs and hull_confs (N,M,66) float32.
     """
     started = time.time()
-    run_key = dict(run_key or {}, settings=settings.as_dict(), num_samples=num_samples,
-                   rounds=rounds, get_final_imgs=get_final_imgs, weights=weights_fingerprint(model))
+    if run_key is None:
+        run_key = {"settings": settings.as_dict(), "num_samples": num_samples, "rounds": rounds,
+                   "get_final_imgs": get_final_imgs}
+    run_key = dict(run_key)
+    run_key.setdefault("weights", weights_fingerprint(model))
     plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, store, run_key, rank)
     pool, targets = plan["pool"], plan["targets"]
     n_pairs = len(pool) * rounds
     barrier()
     done = np.zeros(n_pairs, dtype=bool)
     if store is not None:
-        done[store.done_pair_ids()] = True
+        done[store.done_pair_ids(run_key)] = True
     todo = np.flatnonzero(~done)
     mine = todo[todo % rank.world_size == rank.rank]
     in_memory = []
     source_of, round_of = mine // rounds, mine % rounds
-    bar = tqdm(total=n_pairs, initial=int(done.sum()), desc="full eval (pairs)",
-               disable=not rank.is_main, smoothing=0.05)
-    for part in chunks(len(mine), batch_size):
-        ids = mine[part]
-        src_images, src_labels = stack_items(dataset, pool[source_of[part]])
-        tgt_images, tgt_labels = stack_items(dataset, pool[targets[source_of[part], round_of[part]]])
-        run = traverse_in_batches(model, src_images, src_labels, tgt_images, tgt_labels,
-                                  ids.tolist(), settings, batch_size, progress=False)
-        if not get_final_imgs:
-            run.pop("final_images")
-        run["pair_ids"] = ids
-        if store is not None:
-            store.save_part(run_key, run)
-        else:
-            in_memory.append(run)
-        bar.update(len(ids) * rank.world_size)
-    bar.close()
+    with tqdm(total=n_pairs, initial=int(done.sum()), desc="full eval (pairs)",
+              disable=not rank.is_main, smoothing=0.05) as bar:
+        for part in chunks(len(mine), batch_size):
+            ids = mine[part]
+            src_images, src_labels = stack_items(dataset, pool[source_of[part]])
+            tgt_images, tgt_labels = stack_items(dataset,
+                                                 pool[targets[source_of[part], round_of[part]]])
+            run = traverse_in_batches(model, src_images, src_labels, tgt_images, tgt_labels,
+                                      ids.tolist(), settings, batch_size, progress=False)
+            if not get_final_imgs:
+                run.pop("final_images")
+            run["pair_ids"] = ids
+            if store is not None:
+                store.save_part(run_key, run)
+            else:
+                in_memory.append(run)
+            bar.update(len(ids) * rank.world_size)
     barrier()
     if not rank.is_main:
         return None, None
     if store is not None:
-        in_memory = store.load_parts()
+        in_memory = store.load_parts(run_key)
     merged = _merge_parts(in_memory, n_pairs)
     n = len(pool)
     labels = dataset_labels(dataset)[pool]
@@ -275,9 +271,10 @@ def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind
     n, rounds = blind.shape[:2]
     hull_pairs = list(combinations(range(rounds), 2))
     confs = torch.empty(n, len(hull_pairs), len(triangle_grid()))
-    for i in tqdm(range(n), desc="hulls", leave=False):
-        image, label = dataset[int(pool[i])]
-        confs[i] = source_hull_confidences(model, image, label, blind[i], hull_pairs,
-                                           chunk_size=hull_chunk)
+    with tqdm(range(n), desc="hulls", leave=False) as sources:
+        for i in sources:
+            image, label = dataset[int(pool[i])]
+            confs[i] = source_hull_confidences(model, image, label, blind[i], hull_pairs,
+                                               chunk_size=hull_chunk)
     stats = aggregate_pairs(hull_stats(confs.view(-1, confs.shape[-1])), len(hull_pairs))
     return stats, {"hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy()}

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.tri import Triangulation  # noqa: E402
 
 from .hull import triangle_grid  # noqa: E402
+from .results import atomic_write  # noqa: E402
 
 DPI = 150
 
@@ -27,9 +28,11 @@ def _hwc(image: np.ndarray) -> np.ndarray:
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    """Write the figure as a PNG atomically (never a half-written file) and close it."""
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path
 
 

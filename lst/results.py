@@ -21,6 +21,10 @@ class ResultsError(ValueError):
     """A results file that cannot be read or is not a safe results file (one-line message)."""
 
 
+class WriteError(ResultsError):
+    """A file could not be written (full disk, no permission); nothing half-written is left."""
+
+
 # (module, name) pairs that a numpy array pickle needs, and nothing more
 _ALLOWED = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
@@ -65,12 +69,14 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call write(file) on a temporary file beside `path`, then rename it to `path`.
 
     A crash at any point leaves either the old file or the new one, never a half-written one.
-    The file gets the usual permissions (0666 less the umask).
+    The file gets the usual permissions (0666 less the umask). An OSError (full disk, no
+    permission) removes the temporary file and raises WriteError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -79,8 +85,10 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as err:
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
 
@@ -115,12 +123,15 @@ def _fmt(x: float) -> str:
 
 def results_stem(*, desc: str, model: str, dataset: str, step_size: float, iters: int,
                  adv_step_size: float | None, classes: list[int] | None = None,
-                 num_samples: int | None = None) -> str:
+                 num_samples: int | None = None, run_id: str | None = None) -> str:
     """The paper's file stem: {desc}{model}_{dataset}_{classes or Nsamples}_stepsize-..._advstepsize-...
 
-    classes are joined by '-'; advstepsize is 0 without the adversarial term.
+    classes are joined by '-'; advstepsize is 0 without the adversarial term. With `run_id`
+    (`lst.runstore.run_id`) the stem ends in _{run_id}: runs that differ in anything else that
+    decides their results still get different names.
     """
     what = "-".join(str(c) for c in classes) if classes is not None else f"{num_samples}samples"
     adv = _fmt(adv_step_size) if adv_step_size is not None else "0"
-    return (f"{desc}{model}_{dataset}_{what}_stepsize-{_fmt(step_size)}_{iters}iters_"
+    stem = (f"{desc}{model}_{dataset}_{what}_stepsize-{_fmt(step_size)}_{iters}iters_"
             f"advstepsize-{adv}")
+    return stem if run_id is None else f"{stem}_{run_id}"

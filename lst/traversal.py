@@ -139,6 +139,26 @@ def initial_noise(shape: Sequence[int], init_noise: float, seed: int, sample_ids
     return noise
 
 
+IMAGE_TOLERANCE = 1e-6  # how far outside [0,1] an image may be (float rounding) before it is refused
+
+
+def check_images(images: torch.Tensor, name: str) -> None:
+    """ValueError unless `images` is a finite float (N,C,H,W) batch in [0,1] (within
+    IMAGE_TOLERANCE). The message names the argument and what is wrong."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise ValueError(f"{name} must be float images in [0,1], got "
+                         f"{getattr(images, 'dtype', type(images).__name__)}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must be a (N,C,H,W) batch, got shape {tuple(images.shape)}")
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    if not finite.all():
+        raise ValueError(f"{name} hold NaN or inf values (samples "
+                         f"{(~finite).nonzero().flatten().tolist()})")
+    if len(images) and (images.min() < -IMAGE_TOLERANCE or images.max() > 1 + IMAGE_TOLERANCE):
+        raise ValueError(f"{name} must be in [0,1], got values in [{images.min().item():.4g}, "
+                         f"{images.max().item():.4g}]")
+
+
 def orthogonal_step(grad: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """d - (<g,d>/<g,g>) g per sample, over all pixels; d itself where g == 0. (N,C,H,W) -> same.
 
@@ -190,13 +210,26 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     device = model_device(model)
     n = len(sources)
     ids = list(range(n)) if sample_ids is None else [int(i) for i in sample_ids]
-    if len(ids) != n or len(labels) != n or len(targets) != n:
-        raise ValueError("sources, labels, targets and sample_ids must have the same length")
-    x_src = sources.to(device, torch.float32)
-    x_tgt = targets.to(device, torch.float32)
+    check_images(sources, "sources")
+    check_images(targets, "targets")
+    if sources.shape != targets.shape:
+        raise ValueError(f"sources {tuple(sources.shape)} and targets {tuple(targets.shape)} "
+                         "must have the same shape")
+    if labels.shape != (n,) or labels.is_floating_point() or len(ids) != n:
+        raise ValueError(f"labels must be (N,) integers and sample_ids N ids, N = {n}")
+    x_src = sources.to(device, torch.float32).clamp(0, 1)  # within the tolerance of [0,1]
+    x_tgt = targets.to(device, torch.float32).clamp(0, 1)
     y = labels.to(device, torch.int64)
 
     probs_src = probabilities(model, x_src)
+    num_classes = probs_src.shape[1]
+    if ((y < 0) | (y >= num_classes)).any():
+        raise ValueError(f"labels must be classes of the model's {num_classes} outputs, got "
+                         f"{sorted(set(labels[(labels < 0) | (labels >= num_classes)].tolist()))}")
+    broken = ~torch.isfinite(probs_src).all(dim=1)
+    if broken.any():
+        raise ValueError(f"the model's outputs are not finite at sample(s) "
+                         f"{[ids[i] for i in broken.nonzero().flatten().tolist()]}")
     kept = probs_src.argmax(dim=1) == y
     init_confs = probs_src.gather(1, y.view(-1, 1)).squeeze(1)
     if settings.get_confs_over_path and target_labels is None:

@@ -4,9 +4,9 @@ The registry (names, weights, caches) is `models.registry`; the project's own ar
 `models.architectures`, and `python -m models.train` trains them.
 """
 from .registry import (OWN_MODELS, ROBUSTBENCH_MODELS, TIMM_MODELS, WEIGHTS_DIR, ModelError,
-                       import_robustbench, known_models, load_model, load_own_weights, lst_home,
-                       own_weights_path, robustbench_checkpoint_path)
+                       import_robustbench, known_models, load_model, load_own_weights,
+                       local_weights_file, lst_home, own_weights_path, robustbench_checkpoint_path)
 
 __all__ = ["OWN_MODELS", "ROBUSTBENCH_MODELS", "TIMM_MODELS", "WEIGHTS_DIR", "ModelError",
-           "import_robustbench", "known_models", "load_model", "load_own_weights", "lst_home",
-           "own_weights_path", "robustbench_checkpoint_path"]
+           "import_robustbench", "known_models", "load_model", "load_own_weights",
+           "local_weights_file", "lst_home", "own_weights_path", "robustbench_checkpoint_path"]

@@ -176,6 +176,18 @@ def own_weights_path(name: str) -> Path:
     return cached if cached.is_file() else WEIGHTS_DIR / f"{name}.pt"
 
 
+def local_weights_file(name: str, dataset: str, checkpoint: str | None = None) -> Path | None:
+    """The local file `load_model` would read the weights from, when that is known before loading:
+    the checkpoint, or an existing weights file of the project's own models; None for timm and
+    RobustBench weights (pinned by their tag and name) and own weights not trained yet."""
+    if checkpoint is not None:
+        return Path(checkpoint) if Path(checkpoint).is_file() else None
+    if name in OWN_MODELS.get(dataset, ()):
+        path = own_weights_path(name)
+        return path if path.is_file() else None
+    return None
+
+
 def load_own_weights(path: str | Path) -> nn.Module:
     """Build one of the project's architectures from a weights file written by models.train."""
     try:

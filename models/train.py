@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lst.batching import chunks
 from lst.data import DataError, load_dataset
-from lst.results import atomic_write
+from lst.results import ResultsError, atomic_write
 from models.architectures import ARCHITECTURES
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         meta = train(args)
-    except DataError as err:
+    except (DataError, ResultsError) as err:
         sys.exit(f"error: {err}")
     print(f"{args.out}: clean accuracy {meta['clean_acc']:.4f}, PGD-{meta['pgd_steps']} accuracy "
           f"{meta['pgd_acc']:.4f} (eps 8/255, {meta['pgd_samples']} images), "

@@ -45,3 +45,12 @@ def cnn():
 def images():
     g = torch.Generator().manual_seed(1)
     return torch.rand(8, 3, 16, 16, generator=g), torch.rand(8, 3, 16, 16, generator=g)
+
+
+def stem_for(argv):
+    """The results-file stem (with its run id) the command line gives these arguments."""
+    import level_set_traversal as cli
+
+    args = cli.parse_args(list(argv))
+    settings = cli.check_args(args)
+    return cli.stem_of(args, settings, cli.run_identity(args, settings))

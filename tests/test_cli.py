@@ -1,6 +1,7 @@
 """The command line end to end on `shapes` with few iterations, and every bad input of docs/design.md, "Bad input"."""
 import os
 import pickle
+import re
 import subprocess
 import sys
 from dataclasses import fields
@@ -13,32 +14,45 @@ import level_set_traversal as cli
 import print_tables
 from lst import LSTSettings
 from lst.results import load_results
+from tests.conftest import stem_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--iters", "6", "--log_step", "3", "--batch_size", "8"]
-EXAMPLE_STEM = "smallcnn-normal_shapes_0-1-2_stepsize-0.05_6iters_advstepsize-0"
+EXAMPLE_ARGS = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2", *FAST]
+EXAMPLE_STEM = stem_for(EXAMPLE_ARGS)
+RECORDING = ["--get_widths", "--get_images", "--get_confs_over_path", "--width_distances", "1", "2",
+             "--width_directions", "8"]
+RECORDED_STEM = stem_for(EXAMPLE_ARGS + RECORDING)  # the examples_dir fixture's run
 
 
 @pytest.fixture(scope="module")
 def examples_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("examples")
-    argv = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
-            "--get_widths", "--get_images", "--get_confs_over_path", "--width_distances", "1", "2",
-            "--width_directions", "8", "--out_dir", str(out), *FAST]
+    argv = [*EXAMPLE_ARGS, *RECORDING, "--out_dir", str(out)]
     assert cli.main(argv) == 0
     return out
 
 
+def test_examples_stem_is_the_papers_with_a_run_id():
+    assert re.fullmatch(r"smallcnn-normal_shapes_0-1-2_stepsize-0\.05_6iters_advstepsize-0_k[0-9a-f]{7}",
+                        EXAMPLE_STEM), EXAMPLE_STEM
+
+
 def test_examples_write_results_targets_and_figures(examples_dir):
     names = {p.name for p in examples_dir.iterdir()}
+    stem = RECORDED_STEM
+    assert stem != EXAMPLE_STEM  # recording settings are part of the run's identity
     assert {f"shapes_target_{c}.png" for c in range(3)} <= names
-    figures = {f"{EXAMPLE_STEM}_{f}.png" for f in
+    figures = {f"{stem}_{f}.png" for f in
                ("grid", "star", "widths", "path", "confs_over_path", "triangles_source0",
                 "triangles_source1", "triangles_source2")}
     assert figures <= names
-    payload = load_results(examples_dir / f"{EXAMPLE_STEM}_examples_dict.pkl")
+    payload = load_results(examples_dir / f"{stem}_examples_dict.pkl")
     r = payload["results"]
     assert payload["args"]["model"] == "smallcnn-normal" and r["classes"] == [0, 1, 2]
+    key, origin = payload["args"]["run_key"], payload["args"]["provenance"]
+    assert key["settings"]["width_directions"] == 8 and len(key["weights"]) == 16
+    assert origin["versions"]["torch"] and origin["started"] <= origin["finished"]
     assert r["blind_spots"].shape == (3, 3, 3, 32, 32)
     assert r["final_confs"].shape == (3, 3) and r["hull_confs"].shape == (3, 3, 66)
     assert r["widths"].shape == (3, 3, 2, 3, 2) and r["images_over_path"].dtype == np.uint8
@@ -56,7 +70,7 @@ def test_examples_write_results_targets_and_figures(examples_dir):
 
 
 def test_load_dict_redraws_without_running_lst(examples_dir, monkeypatch):
-    grid = examples_dir / f"{EXAMPLE_STEM}_grid.png"
+    grid = examples_dir / f"{RECORDED_STEM}_grid.png"
     grid.unlink()
 
     def forbidden(*args, **kwargs):
@@ -67,9 +81,7 @@ def test_load_dict_redraws_without_running_lst(examples_dir, monkeypatch):
     monkeypatch.setattr(lst.experiments, "level_set_traversal", forbidden)
     monkeypatch.setattr(lst.experiments, "run_examples", forbidden)
     monkeypatch.setattr(models, "load_model", forbidden)
-    argv = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
-            "--load_dict", "--get_widths", "--width_distances", "1", "2", "--out_dir",
-            str(examples_dir), *FAST]
+    argv = [*EXAMPLE_ARGS, *RECORDING, "--load_dict", "--out_dir", str(examples_dir)]
     assert cli.main(argv) == 0
     assert grid.is_file()
 
@@ -79,10 +91,9 @@ def test_saved_targets_are_reused(examples_dir, monkeypatch, tmp_path):
 
     monkeypatch.setattr(lst.experiments, "select_targets",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("reselected")))
-    argv = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
-            "--out_dir", str(examples_dir), "--desc", "again_", *FAST]
+    argv = [*EXAMPLE_ARGS, "--out_dir", str(examples_dir), "--desc", "again_"]
     assert cli.main(argv) == 0
-    first = load_results(examples_dir / f"{EXAMPLE_STEM}_examples_dict.pkl")["results"]
+    first = load_results(examples_dir / f"{RECORDED_STEM}_examples_dict.pkl")["results"]
     again = load_results(examples_dir / f"again_{EXAMPLE_STEM}_examples_dict.pkl")["results"]
     np.testing.assert_array_equal(first["images"], again["images"])
 
@@ -95,8 +106,7 @@ def test_reused_targets_the_model_misclassifies_are_named(examples_dir, tmp_path
     for c in (0, 1, 2):
         shutil.copy(examples_dir / f"shapes_target_{c}.png", tmp_path / f"shapes_target_{c}.png")
     shutil.copy(examples_dir / "shapes_target_1.png", tmp_path / "shapes_target_0.png")
-    argv = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
-            "--out_dir", str(tmp_path), *FAST]
+    argv = [*EXAMPLE_ARGS, "--out_dir", str(tmp_path)]
     with caplog.at_level("WARNING"):
         assert cli.main(argv) == 0
     assert "class(es) [0]" in caplog.text and "--out_dir" in caplog.text
@@ -109,7 +119,7 @@ def test_full_eval_files_and_tables(tmp_path, capsys):
     argv = ["smallcnn-linf", "shapes", "--full_eval", "--num_samples", "12", "--rounds", "3",
             "--get_final_imgs", "--adv_pert", "--out_dir", str(tmp_path), *FAST]
     assert cli.main(argv) == 0
-    stem = "smallcnn-linf_shapes_12samples_stepsize-0.05_6iters_advstepsize-0.00392157"
+    stem = stem_for(argv)
     results = load_results(tmp_path / f"{stem}_fulleval_dict.pkl")["results"]
     all_confs = load_results(tmp_path / f"{stem}_all_confs.pkl")["results"]
     assert results["final_confs"].shape == (12, 3) and results["final_images"].shape == (12, 3, 3, 32, 32)
@@ -124,8 +134,8 @@ def test_full_eval_files_and_tables(tmp_path, capsys):
     assert "SmallCNN (AT)" in printed and "Table 2" in printed and "LPIPS" in printed
     row1 = [line for line in printed.splitlines() if line.startswith("| SmallCNN")][0]
     cells = [c.strip() for c in row1.strip("|").split("|")]
-    assert len(cells) == 8
-    for cell in cells[2:7]:  # p0 .. SSIM are finite numbers (LPIPS may be n/a offline)
+    assert len(cells) == 9 and cells[2] == str(int(results["kept"].sum()))  # n: kept pairs
+    for cell in cells[3:8]:  # p0 .. SSIM are finite numbers (LPIPS may be n/a offline)
         mean, std = (float(v) for v in cell.split("±"))
         assert np.isfinite(mean) and np.isfinite(std)
     assert print_tables.main([str(tmp_path / "*_fulleval_dict.pkl")]) == 0
@@ -194,7 +204,7 @@ def test_unsafe_results_file_is_refused_by_load_dict(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    name = "smallcnn-normal_shapes_0-1-2-3-4_stepsize-0.05_100iters_advstepsize-0_examples_dict.pkl"
+    name = f"{stem_for(['smallcnn-normal', 'shapes', '--examples'])}_examples_dict.pkl"
     (out / name).write_bytes(pickle.dumps({"args": {}, "results": Payload()}))
     proc = run_cli("smallcnn-normal", "shapes", "--examples", "--load_dict", "--out_dir", str(out),
                    cwd=tmp_path)
@@ -233,3 +243,12 @@ def test_every_settings_field_reaches_the_settings_from_its_flag():
             "--log_step", "2", "--get_confs_over_path", "--get_images", "--get_widths",
             "--width_distances", "0.5", "3", "--width_directions", "9", "--seed", "4"]
     assert cli.lst_settings(cli.parse_args(argv)) == changed
+
+
+def test_row_labels_name_only_what_differs():
+    runs = [{"model": "resnet20-normal", "weights": "a", "pthresh": 0.2, "seed": 0},
+            {"model": "resnet20-linf", "weights": "b", "pthresh": 0.2, "seed": 0}]
+    assert print_tables.row_labels(runs, ["N", "AT"]) == ["N", "AT"]  # weights follow the model
+    runs += [{"model": "resnet20-normal", "weights": "c", "pthresh": 0.5, "seed": 0}]
+    assert print_tables.row_labels(runs, ["N", "AT", "N2"]) == [
+        "N pthresh=0.2 weights=a", "AT pthresh=0.2 weights=b", "N2 pthresh=0.5 weights=c"]
