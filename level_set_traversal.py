@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lst.data import DataError, dataset_info, load_dataset, random_classes
+from lst.progress import set_quiet
 from lst.results import ResultsError, WriteError, results_stem
 from lst.runstore import RunStore, provenance, run_id, run_key, weights_fingerprint
 from lst.traversal import LSTSettings
@@ -97,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="full_eval: discard saved partial results instead of resuming")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute a run whose results file exists, and replace that file")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no INFO logs (warnings, errors and the summary stay)")
     return p.parse_args(argv)
 
 
@@ -289,12 +292,13 @@ def saved_pairs(store: RunStore) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    set_quiet(args.quiet)
     # library deprecation notices (torch.jit via timm, pkg_resources via RobustBench) are not
     # the user's business
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    args = parse_args(argv)
     started = time.time()
     from models import ModelError
 

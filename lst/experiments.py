@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from .batching import chunks
 from .confidence import model_device
@@ -28,6 +27,7 @@ from .distributed import Rank, barrier, broadcast
 from .hull import (aggregate_pairs, hull_stats, segment_confidences, source_hull_confidences,
                    triangle_grid)
 from .metrics import image_distances
+from .progress import progress_bar
 from .results import atomic_write
 from .runstore import ResumeError, RunStore, weights_fingerprint
 from .traversal import LSTSettings, level_set_traversal
@@ -42,7 +42,7 @@ def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.T
     """LST over N pairs in batches; returns the LSTResult fields (numpy) plus the distances."""
     parts = []
     device = model_device(model)
-    with tqdm(list(chunks(len(sources), batch_size)), desc=desc, leave=False,
+    with progress_bar(list(chunks(len(sources), batch_size)), desc=desc, leave=False,
               disable=not progress) as batches:
         for part in batches:
             res = level_set_traversal(model, sources[part], labels[part], targets[part], settings,
@@ -211,7 +211,7 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     mine = todo[todo % rank.world_size == rank.rank]
     in_memory = []
     source_of, round_of = mine // rounds, mine % rounds
-    with tqdm(total=n_pairs, initial=int(done.sum()), desc="full eval (pairs)",
+    with progress_bar(total=n_pairs, initial=int(done.sum()), desc="full eval (pairs)",
               disable=not rank.is_main, smoothing=0.05) as bar:
         for part in chunks(len(mine), batch_size):
             ids = mine[part]
@@ -271,7 +271,7 @@ def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind
     n, rounds = blind.shape[:2]
     hull_pairs = list(combinations(range(rounds), 2))
     confs = torch.empty(n, len(hull_pairs), len(triangle_grid()))
-    with tqdm(range(n), desc="hulls", leave=False) as sources:
+    with progress_bar(range(n), desc="hulls", leave=False) as sources:
         for i in sources:
             image, label = dataset[int(pool[i])]
             confs[i] = source_hull_confidences(model, image, label, blind[i], hull_pairs,

@@ -1,47 +1,83 @@
 """Distances between blind spots and their targets (the paper's Table 1).
 
 SSIM and LPIPS come from torchmetrics. LPIPS (AlexNet) needs torchvision's ImageNet AlexNet
-weights, which torchvision downloads on first use into $TORCH_HOME/hub/checkpoints; where they
-cannot be had, the LPIPS column is NaN and one warning says how to provide them.
+weights (ALEXNET_FILE): they are looked for in $LST_ALEXNET_WEIGHTS (a file) and in torch's hub
+cache ($TORCH_HOME/hub/checkpoints), and never downloaded: where they are not found, the LPIPS
+column is NaN and one warning says where to put them.
 """
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models import AlexNet_Weights
 
 from .batching import chunks
 
 log = logging.getLogger(__name__)
 
+ALEXNET_FILE = AlexNet_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]  # alexnet-owt-7be5be79.pth
+ALEXNET_ENV = "LST_ALEXNET_WEIGHTS"
 _LPIPS_CACHE: dict[tuple[str, bool], nn.Module | None] = {}
+
+
+def alexnet_weights_path() -> Path | None:
+    """The AlexNet weights file LPIPS will use: $LST_ALEXNET_WEIGHTS if set, else the file in
+    torch's hub cache; None when it does not exist. Nothing is downloaded."""
+    override = os.environ.get(ALEXNET_ENV)
+    path = Path(override).expanduser() if override else \
+        Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    return path if path.is_file() else None
 
 
 def lpips_network(device: torch.device | str = "cpu", pretrained_backbone: bool = True
                   ) -> nn.Module | None:
-    """torchmetrics' LPIPS (AlexNet) network in eval mode on `device`, or None with one warning.
+    """torchmetrics' LPIPS (AlexNet) network in eval mode on `device`, or None with one warning
+    when the AlexNet weights are not found locally (`alexnet_weights_path`).
 
-    pretrained_backbone=False builds it on a randomly initialised AlexNet (no download; for tests).
+    The backbone is loaded from that file into torchmetrics' network (the same tensors its
+    pretrained path would load), so no download is ever tried. pretrained_backbone=False keeps
+    a randomly initialised AlexNet (for tests).
     """
     from torchmetrics.functional.image.lpips import _LPIPS  # imported when needed: it is slow
 
     key = (str(device), pretrained_backbone)
     if key not in _LPIPS_CACHE:
-        try:
-            net = _LPIPS(net="alex", pnet_rand=not pretrained_backbone).eval().to(device)
+        weights = alexnet_weights_path() if pretrained_backbone else None
+        net = None
+        if pretrained_backbone and weights is None:
+            where = os.environ.get(ALEXNET_ENV) or Path(torch.hub.get_dir()) / "checkpoints"
+            log.warning("LPIPS is NaN: torchvision's AlexNet weights (%s) are not in %s; put "
+                        "them there, or set %s to the file, to get LPIPS", ALEXNET_FILE, where,
+                        ALEXNET_ENV)
+        else:
+            net = _LPIPS(net="alex", pnet_rand=True)  # random backbone: nothing downloaded
+            if weights is not None:
+                net = _load_backbone(net, weights)
+        if net is not None:
+            net = net.eval().to(device)
             for p in net.parameters():
                 p.requires_grad_(False)
-        except Exception as err:  # no network and no cached AlexNet weights
-            hub = os.path.join(torch.hub.get_dir(), "checkpoints")
-            log.warning("LPIPS is NaN: torchvision's AlexNet weights could not be loaded (%s). "
-                        "Copy alexnet-owt-7be5be79.pth into %s (or set TORCH_HOME) to get LPIPS.",
-                        type(err).__name__, hub)
-            net = None
         _LPIPS_CACHE[key] = net
     return _LPIPS_CACHE[key]
+
+
+def _load_backbone(net: nn.Module, weights: Path) -> nn.Module | None:
+    """torchvision AlexNet weights (features.K.*) into the LPIPS backbone (sliceN.K.*)."""
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        backbone = {name: state["features." + name.split(".", 1)[1]]
+                    for name in net.net.state_dict()}
+        net.net.load_state_dict(backbone)
+    except Exception as err:  # unreadable, or not AlexNet weights
+        log.warning("LPIPS is NaN: %s holds no AlexNet weights (%s: %s)", weights,
+                    type(err).__name__, str(err).splitlines()[0][:120] if str(err) else "")
+        return None
+    return net
 
 
 def ssim(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -22,12 +22,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .batching import sample_generator
 from .confidence import model_device, predict, probabilities
+from .progress import progress_bar
 from .widths import path_widths
-
 
 PAPER_ADV_STEP_SIZE = 1 / 255  # eps when the adversarial term is switched on (--adv_pert) alone
 
@@ -259,7 +258,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         probs, grad = _confidence_and_grad(model, x, yk)
         conf = probs.gather(1, yk.view(-1, 1)).squeeze(1)
         idx_cpu = idx.cpu()
-        for i in tqdm(range(settings.iters), desc="LST", disable=not progress, leave=False):
+        for i in progress_bar(range(settings.iters), desc="LST", disable=not progress,
+                              leave=False):
             d_perp = orthogonal_step(grad, xt - x)
             if i % settings.log_step == 0 and n_logs:
                 r = i // settings.log_step

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from lst.batching import chunks
 from lst.data import DataError, load_dataset
+from lst.progress import progress_bar
 from lst.results import ResultsError, atomic_write
 from models.architectures import ARCHITECTURES
 
@@ -61,7 +61,7 @@ def in_memory(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     if images is not None:  # shapes keeps its uint8 images already
         return images, torch.as_tensor(dataset.targets)
     xs, ys = [], []
-    for x, y in tqdm(dataset, desc="loading", leave=False):
+    for x, y in progress_bar(dataset, desc="loading", leave=False):
         xs.append((x * 255).round().to(torch.uint8))
         ys.append(y)
     return torch.stack(xs), torch.tensor(ys)
@@ -163,7 +163,7 @@ def train(args: argparse.Namespace) -> dict:
         model.train()
         started = time.time()
         order = torch.randperm(len(x_train), generator=generator)
-        bar = tqdm(chunks(len(order), args.batch_size), total=steps_per_epoch,
+        bar = progress_bar(chunks(len(order), args.batch_size), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{args.epochs}", leave=False)
         for part in bar:
             idx = order[part]

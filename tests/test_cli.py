@@ -12,6 +12,7 @@ import pytest
 
 import level_set_traversal as cli
 import print_tables
+import lst.tables
 from lst import LSTSettings
 from lst.results import load_results
 from tests.conftest import stem_for
@@ -248,7 +249,7 @@ def test_every_settings_field_reaches_the_settings_from_its_flag():
 def test_row_labels_name_only_what_differs():
     runs = [{"model": "resnet20-normal", "weights": "a", "pthresh": 0.2, "seed": 0},
             {"model": "resnet20-linf", "weights": "b", "pthresh": 0.2, "seed": 0}]
-    assert print_tables.row_labels(runs, ["N", "AT"]) == ["N", "AT"]  # weights follow the model
+    assert lst.tables.row_labels(runs, ["N", "AT"]) == ["N", "AT"]  # weights follow the model
     runs += [{"model": "resnet20-normal", "weights": "c", "pthresh": 0.5, "seed": 0}]
-    assert print_tables.row_labels(runs, ["N", "AT", "N2"]) == [
+    assert lst.tables.row_labels(runs, ["N", "AT", "N2"]) == [
         "N pthresh=0.2 weights=a", "AT pthresh=0.2 weights=b", "N2 pthresh=0.5 weights=c"]

@@ -4,6 +4,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 import lst
+from lst import metrics
 
 
 def test_ssim_agrees_with_scikit_image():
@@ -41,3 +42,71 @@ def test_lpips_is_zero_for_identical_images_with_random_backbone():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         lst.image_distances(torch.zeros(2, 3, 4, 4), torch.zeros(3, 3, 4, 4))
+
+
+REAL_LOADER = torch.hub.load_state_dict_from_url
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torch hub cache, an empty LPIPS cache, and any download attempt fails the test."""
+    import torchvision.models._api
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(metrics.ALEXNET_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(metrics, "_LPIPS_CACHE", {})
+    return tmp_path / "torch"
+
+
+def random_alexnet_file(path):
+    import torchvision
+
+    torch.manual_seed(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    return path
+
+
+def test_without_alexnet_weights_lpips_is_nan_and_nothing_is_downloaded(torch_home, caplog, capfd):
+    with caplog.at_level("WARNING"):
+        assert lst.lpips_network() is None
+        d = lst.image_distances(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    assert np.isnan(d["lpips"]).all()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(torch_home) in warnings[0].getMessage()
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err
+
+
+def test_alexnet_weights_in_the_hub_cache_give_torchmetrics_own_lpips(torch_home, monkeypatch):
+    from torchmetrics.functional.image.lpips import _LPIPS
+
+    import torchvision.models._api
+
+    random_alexnet_file(torch_home / "hub" / "checkpoints" / metrics.ALEXNET_FILE)
+    net = lst.lpips_network()
+    assert net is not None
+    # torchmetrics' own pretrained path reads the same cache file (the file is there: no download)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", REAL_LOADER)
+    theirs = _LPIPS(net="alex").eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        expected = theirs(a, b, normalize=True).flatten()
+    d = lst.image_distances(a, b)
+    np.testing.assert_allclose(d["lpips"], expected.numpy(), rtol=1e-6)
+    assert (d["lpips"] > 0).all()
+
+
+def test_alexnet_weights_from_the_environment_variable(torch_home, tmp_path, monkeypatch):
+    path = random_alexnet_file(tmp_path / "mine" / "alexnet.pth")
+    monkeypatch.setenv(metrics.ALEXNET_ENV, str(path))
+    assert metrics.alexnet_weights_path() == path
+    net = lst.lpips_network()
+    saved = torch.load(path, weights_only=True)
+    torch.testing.assert_close(net.net.slice1[0].weight, saved["features.0.weight"])
