@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .batching import chunks
+from .precision import autocast, model_input
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -29,25 +30,33 @@ def class_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 @torch.inference_mode()
 def confidences_of(model: nn.Module, make_images: Callable[[slice], torch.Tensor],
-                   labels: torch.Tensor, total: int, chunk_size: int = 256) -> torch.Tensor:
+                   labels: torch.Tensor, total: int, chunk_size: int = 256,
+                   precision: str = "fp32") -> torch.Tensor:
     """Confidence of `labels` at `total` images that are built chunk by chunk.
 
     make_images(slice) returns the images of that slice, (n,C,H,W) in [0,1] on the model's device;
     labels is (total,) int on the same device. At most `chunk_size` images exist at once, which
-    bounds memory however many points are evaluated. Returns (total,) float32 on the device.
+    bounds memory however many points are evaluated. precision: the model's arithmetic
+    (lst.precision). Returns (total,) float32 on the device.
     """
     out = torch.empty(total, device=labels.device, dtype=torch.float32)
-    for part in chunks(total, chunk_size):
-        out[part] = class_confidence(model(make_images(part)), labels[part])
+    with autocast(precision, labels.device):
+        for part in chunks(total, chunk_size):
+            logits = model(model_input(model, make_images(part), precision))
+            out[part] = class_confidence(logits, labels[part])
     return out
 
 
 @torch.inference_mode()
-def probabilities(model: nn.Module, images: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+def probabilities(model: nn.Module, images: torch.Tensor, chunk_size: int = 256,
+                  precision: str = "fp32") -> torch.Tensor:
     """softmax(model(images)): (N,C,H,W) in [0,1] -> (N,K) float32 on the model's device."""
     device = model_device(model)
-    return torch.cat([torch.softmax(model(images[part].to(device)).float(), dim=1)
-                      for part in chunks(len(images), chunk_size)])
+    with autocast(precision, device):
+        return torch.cat([
+            torch.softmax(model(model_input(model, images[part].to(device), precision)).float(),
+                          dim=1)
+            for part in chunks(len(images), chunk_size)])
 
 
 def predict(model: nn.Module, images: torch.Tensor, chunk_size: int = 256
@@ -59,8 +68,9 @@ def predict(model: nn.Module, images: torch.Tensor, chunk_size: int = 256
 
 @torch.inference_mode()
 def class_confidence_of(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                        chunk_size: int = 256) -> torch.Tensor:
+                        chunk_size: int = 256, precision: str = "fp32") -> torch.Tensor:
     """p_y at each image: (N,C,H,W) in [0,1], (N,) labels -> (N,) float32 on the model's device."""
     device = model_device(model)
     images, labels = images.to(device), labels.to(device)
-    return confidences_of(model, lambda part: images[part], labels, len(images), chunk_size)
+    return confidences_of(model, lambda part: images[part], labels, len(images), chunk_size,
+                          precision)

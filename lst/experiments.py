@@ -130,9 +130,13 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     for key in ("confs_over_path", "images_over_path", "widths"):
         if run[key] is not None:
             results[key] = square(run[key], 0)
-    results["limbs"] = square(segment_confidences(model, images[src], blind, labels[src]).numpy(), np.nan)
-    results["straight"] = square(segment_confidences(model, images[src], images[tgt],
-                                                     labels[src]).numpy(), np.nan)
+    precision = settings.precision
+    results["limbs"] = square(segment_confidences(model, images[src], blind, labels[src],
+                                                  precision=precision).numpy(), np.nan)
+    results["straight"] = square(segment_confidences(model, images[src], images[tgt], labels[src],
+                                                     precision=precision).numpy(), np.nan)
+    results["float32_violations"] = float32_violations(run["init_confs"], run["final_confs"],
+                                                       run["kept"], settings.pthresh)
     # triangles: each source with every pair of its blind spots
     hull_pairs = [(a, b) for a, b in combinations(range(k), 2)]
     results["hull_pairs"] = np.array(hull_pairs)
@@ -142,9 +146,21 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
         valid = [m for m, (a, b) in enumerate(hull_pairs) if s not in (a, b)]
         confs[s, valid] = source_hull_confidences(model, images[s], labels[s], spots[s],
                                                   [hull_pairs[m] for m in valid],
-                                                  chunk_size=hull_chunk)
+                                                  chunk_size=hull_chunk, precision=precision)
     results["hull_confs"] = confs
     return results
+
+
+def float32_violations(init_confs: np.ndarray, final_confs: np.ndarray, kept: np.ndarray,
+                       pthresh: float) -> float:
+    """Fraction of kept pairs whose float32 confidence at the blind spot breaks the level-set
+    guarantee, p0 - p_final >= pthresh (0 by construction in fp32; under bf16/fp16 the walk's
+    own confidences decided acceptance). Any shapes, one value per pair."""
+    kept = np.asarray(kept, dtype=bool)
+    if not kept.any():
+        return 0.0
+    drop = np.asarray(init_confs, dtype=np.float64) - np.asarray(final_confs, dtype=np.float64)
+    return float((drop[kept] >= pthresh).mean())
 
 
 def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, num_samples: int,
@@ -190,7 +206,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     Returns (results, all_confs) on rank 0 and (None, None) elsewhere. results (N sources, R
     rounds): source_indices (N,), labels (N,), target_indices / target_labels (N,R), init_confs
     (N,R) (p0 of the source, per pair), final_confs, kept, accept_rate, l2, linf, ssim, lpips
-    (N,R), path recordings (N,R,...) when asked, and with get_final_imgs final_images
+    (N,R), float32_violations (a float, see `float32_violations`), path recordings (N,R,...)
+    when asked, and with get_final_imgs final_images
     (N,R,C,H,W) uint8 and hull_stats (dict of (N,) arrays, Table 2). all_confs (with
     get_final_imgs, else None): hull_pairs (M,2) round pairs and hull_confs (N,M,66) float32.
     """
@@ -246,7 +263,10 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
         blind = torch.from_numpy(blind).view(n, rounds, *blind.shape[1:])
         results["final_images"] = (blind * 255).round().to(torch.uint8).numpy()
         results["hull_stats"], all_confs = _full_eval_hulls(model, dataset, pool, blind,
-                                                            hull_chunk)
+                                                            hull_chunk, settings.precision)
+    results["float32_violations"] = float32_violations(results["init_confs"],
+                                                       results["final_confs"], results["kept"],
+                                                       settings.pthresh)
     log.info("full eval: %d pairs in %.0f s, mean final confidence %.3f",
              n_pairs, time.time() - started, float(np.nanmean(results["final_confs"])))
     return results, all_confs
@@ -266,7 +286,7 @@ def _merge_parts(parts: list[dict], n_pairs: int) -> dict:
 
 
 def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind: torch.Tensor,
-                     hull_chunk: int) -> tuple[dict, dict]:
+                     hull_chunk: int, precision: str) -> tuple[dict, dict]:
     """Table 2: each source with every pair of its blind spots (blind: (N,R,C,H,W) float)."""
     n, rounds = blind.shape[:2]
     hull_pairs = list(combinations(range(rounds), 2))
@@ -275,6 +295,6 @@ def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind
         for i in sources:
             image, label = dataset[int(pool[i])]
             confs[i] = source_hull_confidences(model, image, label, blind[i], hull_pairs,
-                                               chunk_size=hull_chunk)
+                                               chunk_size=hull_chunk, precision=precision)
     stats = aggregate_pairs(hull_stats(confs.view(-1, confs.shape[-1])), len(hull_pairs))
     return stats, {"hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy()}

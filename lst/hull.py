@@ -27,12 +27,13 @@ def triangle_grid(n: int = 10) -> torch.Tensor:
 @torch.inference_mode()
 def hull_confidences(model: nn.Module, sources: torch.Tensor, first: torch.Tensor,
                      second: torch.Tensor, labels: torch.Tensor, n: int = 10,
-                     chunk_size: int = 512) -> torch.Tensor:
+                     chunk_size: int = 512, precision: str = "fp32") -> torch.Tensor:
     """p_y over the triangle (source, first, second) at the points of `triangle_grid(n)`.
 
     sources, first, second: (M,C,H,W) in [0,1], one triangle per row; labels: (M,) source classes.
     Points are built chunk by chunk (at most `chunk_size` images per forward) on the model's
-    device. Returns (M,P) float32 on the CPU, columns in `triangle_grid` order.
+    device, in the model arithmetic `precision` (lst.precision). Returns (M,P) float32 on the
+    CPU, columns in `triangle_grid` order.
     """
     device = model_device(model)
     weights = triangle_grid(n).float().to(device)
@@ -45,12 +46,13 @@ def hull_confidences(model: nn.Module, sources: torch.Tensor, first: torch.Tenso
         w = weights[idx % p].view(-1, 3, 1, 1, 1)
         return (w * vertices[idx // p]).sum(dim=1).clamp_(0, 1)
 
-    return confidences_of(model, make_images, point_labels, m * p, chunk_size).view(m, p).cpu()
+    return confidences_of(model, make_images, point_labels, m * p, chunk_size,
+                          precision).view(m, p).cpu()
 
 
 def source_hull_confidences(model: nn.Module, source: torch.Tensor, label: int,
                             blind_spots: torch.Tensor, pairs: list[tuple[int, int]], n: int = 10,
-                            chunk_size: int = 512) -> torch.Tensor:
+                            chunk_size: int = 512, precision: str = "fp32") -> torch.Tensor:
     """p_label over the triangles (source, blind_spots[a], blind_spots[b]) for each (a, b) in pairs.
 
     source: (C,H,W) in [0,1]; blind_spots: (R,C,H,W) in [0,1], this source's blind spots.
@@ -59,7 +61,8 @@ def source_hull_confidences(model: nn.Module, source: torch.Tensor, label: int,
     first = blind_spots[[a for a, _ in pairs]]
     second = blind_spots[[b for _, b in pairs]]
     labels = torch.full((len(pairs),), int(label), dtype=torch.int64)
-    return hull_confidences(model, source.expand_as(first), first, second, labels, n, chunk_size)
+    return hull_confidences(model, source.expand_as(first), first, second, labels, n, chunk_size,
+                            precision)
 
 
 def hull_stats(confs: torch.Tensor | np.ndarray, n: int = 10) -> dict[str, np.ndarray]:
@@ -84,8 +87,8 @@ def hull_stats(confs: torch.Tensor | np.ndarray, n: int = 10) -> dict[str, np.nd
 
 
 def source_hull_stats(model: nn.Module, source: torch.Tensor, label: int,
-                      blind_spots: torch.Tensor, n: int = 10, chunk_size: int = 512
-                      ) -> dict[str, float]:
+                      blind_spots: torch.Tensor, n: int = 10, chunk_size: int = 512,
+                      precision: str = "fp32") -> dict[str, float]:
     """Table 2 statistics of one source over every pair of its blind spots.
 
     source: (C,H,W) in [0,1]; blind_spots: (K,C,H,W), K >= 2, blind spots of this source towards
@@ -96,7 +99,7 @@ def source_hull_stats(model: nn.Module, source: torch.Tensor, label: int,
     if not pairs:
         raise ValueError("need at least two blind spots of the same source")
     stats = hull_stats(source_hull_confidences(model, source, label, blind_spots, pairs, n,
-                                               chunk_size), n)
+                                               chunk_size, precision), n)
     return {k: float(v[0]) for k, v in aggregate_pairs(stats, len(pairs)).items()}
 
 
@@ -111,8 +114,8 @@ def aggregate_pairs(stats: dict[str, np.ndarray], num_pairs: int) -> dict[str, n
 
 @torch.inference_mode()
 def segment_confidences(model: nn.Module, starts: torch.Tensor, ends: torch.Tensor,
-                        labels: torch.Tensor, num_points: int = 21, chunk_size: int = 512
-                        ) -> torch.Tensor:
+                        labels: torch.Tensor, num_points: int = 21, chunk_size: int = 512,
+                        precision: str = "fp32") -> torch.Tensor:
     """p_y along the straight segments (1-t) start + t end, t = 0, 1/(num_points-1), ..., 1.
 
     starts, ends: (N,C,H,W) in [0,1]; labels: (N,). The star-like "limbs" when ends are blind spots,
@@ -130,5 +133,5 @@ def segment_confidences(model: nn.Module, starts: torch.Tensor, ends: torch.Tens
         k, w = idx // num_points, t[idx % num_points].view(-1, 1, 1, 1)
         return ((1 - w) * starts[k] + w * ends[k]).clamp_(0, 1)
 
-    confs = confidences_of(model, make_images, point_labels, total, chunk_size)
+    confs = confidences_of(model, make_images, point_labels, total, chunk_size, precision)
     return confs.view(len(starts), num_points).cpu()

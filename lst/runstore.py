@@ -69,6 +69,7 @@ def run_key(mode: str, model: str, dataset: str, settings: LSTSettings, *,
 def weights_fingerprint(model: nn.Module) -> str:
     """SHA-256 (16 hex digits) of the model's state dict (names, shapes, dtypes, values): the
     run key's "weights", so a run never resumes or counts as done with other weights."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the model inside
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())

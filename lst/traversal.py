@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import sample_generator
-from .confidence import model_device, predict, probabilities
+from .confidence import class_confidence_of, model_device, predict, probabilities
+from .precision import PRECISIONS, autocast, check_precision, model_input
 from .progress import progress_bar
 from .widths import path_widths
 
@@ -61,9 +62,14 @@ class LSTSettings:
         "help": "random orthogonal directions per path width"})
     seed: int = field(default=0, metadata={"help": "seed of the noise, the choice of images "
                                                    "and the path-width directions"})
+    precision: str = field(default="fp32", metadata={
+        "help": "the model's arithmetic: fp32 (the paper's), or bf16/fp16 autocast (faster; "
+                "the blind spots' confidences are re-evaluated in fp32)",
+        "choices": tuple(PRECISIONS)})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width_distances", tuple(self.width_distances))
+        check_precision(self.precision)
         finite = {"step_size": self.step_size, "pthresh": self.pthresh,
                   "init_noise": self.init_noise}
         if self.adv_step_size is not None:
@@ -98,8 +104,9 @@ class LSTResult:
     final_images: (N,C,H,W) float32 in [0,1] on the inputs' device: the blind spots, aligned
         with the inputs; a skipped (misclassified) source is returned unchanged.
     kept: (N,) bool: False where the model misclassified the source (no traversal done).
-    init_confs: (N,) float32: p0, source-class confidence at the clean source.
-    final_confs: (N,) float32: source-class confidence at the final image.
+    init_confs: (N,) float32: p0, source-class confidence at the clean source (in float32).
+    final_confs: (N,) float32: source-class confidence at the final image (in float32; with
+        precision bf16/fp16 re-evaluated in float32 after the walk).
     accept_rate: (N,) float32: fraction of iterations whose step was accepted.
     log_iters: (R,) int64: the iterations recorded (0, L, 2L, ... < iters).
     confs_over_path: (N,R,2) float32 or None: source- and target-class confidence at each
@@ -174,18 +181,37 @@ def orthogonal_step(grad: torch.Tensor, direction: torch.Tensor) -> torch.Tensor
     return (d - coef * g).view_as(direction).to(direction.dtype)
 
 
-def _confidence_and_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward+backward: softmax probabilities (N,K) and grad_x CE(f(x), y) per sample.
+FP16_LOSS_SCALE = 2.0 ** 10  # norm of each sample's scaled logit gradient under fp16
 
-    The loss is summed over the batch, so each sample's gradient is its own, unscaled.
+
+def _confidence_and_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                         precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward+backward: softmax probabilities (N,K) and grad_x CE(f(x), y) per sample,
+    both float32, the model run in `precision` (lst.precision).
+
+    The loss is summed over the batch, so each sample's gradient is its own, unscaled. Under
+    fp16, small gradients (a nearly saturated softmax) would flush to zero in the backward pass:
+    each sample's loss is scaled so that its logit gradient has norm FP16_LOSS_SCALE, and its
+    input gradient is unscaled in float32 (the adversarial term needs the true magnitude). A
+    backward that overflows is redone with a 32x smaller scale, and at last in float32.
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-        grad, = torch.autograd.grad(loss, x)
-    return torch.softmax(logits.detach().float(), dim=1), grad
+        with autocast(precision, x.device):
+            logits = model(model_input(model, x, precision)).float()
+        probs = torch.softmax(logits.detach(), dim=1)
+        if precision != "fp16":
+            grad, = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), x)
+            return probs, grad
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        logit_grad = (probs - F.one_hot(labels, probs.shape[1])).norm(dim=1)
+        for shrink in (1.0, 2.0 ** -5, 2.0 ** -10):
+            scale = FP16_LOSS_SCALE * shrink / logit_grad.clamp_min(2.0 ** -100)
+            grad, = torch.autograd.grad((losses * scale).sum(), x, retain_graph=True)
+            grad = grad / scale.view(-1, *([1] * (x.dim() - 1)))
+            if torch.isfinite(grad).all():
+                return probs, grad
+    return probs, _confidence_and_grad(model, x, labels, "fp32")[1]  # overflowed three times
 
 
 def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
@@ -248,14 +274,17 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     final_confs = init_confs.clone()
 
     idx = kept.nonzero().squeeze(1)
+    precision = settings.precision
     if len(idx) > 0:
         xs, xt, yk, p0 = x_src[idx], x_tgt[idx], y[idx], init_confs[idx]
+        if precision != "fp32":  # the acceptance test compares confidences of one arithmetic
+            p0 = probabilities(model, xs, precision=precision).gather(1, yk.view(-1, 1)).squeeze(1)
         kept_ids = [ids[i] for i in idx.tolist()]
         noise = initial_noise(sources.shape[1:], settings.init_noise, settings.seed,
                               kept_ids).to(device)
         x = (xs + noise).clamp(0, 1)
         adv = torch.zeros_like(x)
-        probs, grad = _confidence_and_grad(model, x, yk)
+        probs, grad = _confidence_and_grad(model, x, yk, precision)
         conf = probs.gather(1, yk.view(-1, 1)).squeeze(1)
         idx_cpu = idx.cpu()
         for i in progress_bar(range(settings.iters), desc="LST", disable=not progress,
@@ -273,12 +302,12 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                     widths[idx_cpu, r] = path_widths(
                         model, x, d_perp, yk, settings.width_distances,
                         num_directions=settings.width_directions, seed=settings.seed,
-                        sample_ids=kept_ids, stream=f"widths/{r}")
+                        sample_ids=kept_ids, stream=f"widths/{r}", precision=precision)
             eps = settings.adv_step_size
             if eps is not None:
                 adv = (adv + (eps / 2) * grad).clamp(-eps, eps)
             proposal = (x + settings.step_size * d_perp - adv).clamp(0, 1)
-            new_probs, new_grad = _confidence_and_grad(model, proposal, yk)
+            new_probs, new_grad = _confidence_and_grad(model, proposal, yk, precision)
             new_conf = new_probs.gather(1, yk.view(-1, 1)).squeeze(1)
             accept = (p0 - new_conf) < settings.pthresh
             accepted_steps[idx] += accept.float()
@@ -288,7 +317,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
             probs = torch.where(accept.view(-1, 1), new_probs, probs)
             conf = torch.where(accept, new_conf, conf)
         final[idx] = x.detach()
-        final_confs[idx] = conf
+        # the blind spots' confidences in float32, whatever arithmetic the walk used
+        final_confs[idx] = conf if precision == "fp32" else class_confidence_of(model, x, yk)
     return LSTResult(
         final_images=final.to(sources.device),
         kept=kept.cpu(),

@@ -8,6 +8,7 @@ from torch import nn
 
 from .batching import sample_generator
 from .confidence import class_confidence, confidences_of
+from .precision import autocast, model_input
 
 
 def random_orthogonal_directions(step: torch.Tensor, num_directions: int,
@@ -33,34 +34,48 @@ def random_orthogonal_directions(step: torch.Tensor, num_directions: int,
 def path_widths(model: nn.Module, points: torch.Tensor, steps: torch.Tensor, labels: torch.Tensor,
                 distances: Sequence[float], *, num_directions: int = 256, seed: int = 0,
                 sample_ids: Sequence[int] | None = None, stream: str = "widths",
-                chunk_size: int = 512) -> torch.Tensor:
+                chunk_size: int = 256, precision: str = "fp32") -> torch.Tensor:
     """Percentiles of source-class confidence at distance r around each point, sideways to its step.
 
     points: (N,C,H,W) iterates in [0,1]; steps: (N,C,H,W) their step directions d_perp;
     labels: (N,) source classes; all on the model's device. For each point, `num_directions`
     Gaussian directions are drawn from (seed, sample id, stream), made orthogonal to the step and
-    unit-norm, and p_y is evaluated at clip(x + r u, 0, 1) for every r in `distances`, at most
-    `chunk_size` images per forward.
+    unit-norm, and p_y is evaluated at clip(x + r u, 0, 1) for every r in `distances`. The
+    N * len(distances) * num_directions images are evaluated `chunk_size` at a time across
+    samples (a chunk may hold the end of one sample and the start of the next), in the model
+    arithmetic `precision`; only the directions of the samples in the current chunk are kept.
 
     Returns (N, len(distances)+1, 2) float32 on CPU: row 0 holds the confidence at the point
     itself (in both columns), row k+1 the 5th and 95th percentiles over directions at distances[k].
     """
-    n = len(points)
+    n, device = len(points), points.device
     ids = range(n) if sample_ids is None else sample_ids
-    radii = torch.as_tensor(list(distances), dtype=torch.float32, device=points.device)
+    radii = torch.as_tensor(list(distances), dtype=torch.float32, device=device)
+    per_sample = len(radii) * num_directions
     out = torch.empty(n, len(radii) + 1, 2)
-    out[:, 0, :] = class_confidence(model(points), labels).cpu().unsqueeze(1)
-    q = torch.tensor([0.05, 0.95], device=points.device)
-    for k in range(n):
-        generator = sample_generator(seed, ids[k], stream, points.device)
-        dirs = random_orthogonal_directions(steps[k], num_directions, generator)
-        total = num_directions * len(radii)
+    with autocast(precision, device):
+        at_points = class_confidence(model(model_input(model, points, precision)), labels)
+    out[:, 0, :] = at_points.cpu().unsqueeze(1)
+    directions: dict[int, torch.Tensor] = {}  # sample -> its (num_directions,C,H,W)
 
-        def make_images(part: slice) -> torch.Tensor:
-            idx = torch.arange(part.start, part.stop, device=points.device)
-            r, d = radii[idx // num_directions], dirs[idx % num_directions]
-            return (points[k] + r.view(-1, 1, 1, 1) * d).clamp_(0, 1)
+    def make_images(part: slice) -> torch.Tensor:
+        first, last = part.start // per_sample, (part.stop - 1) // per_sample
+        for done in [k for k in directions if k < first]:
+            del directions[done]
+        pieces = []
+        for k in range(first, last + 1):
+            if k not in directions:
+                generator = sample_generator(seed, ids[k], stream, device)
+                directions[k] = random_orthogonal_directions(steps[k], num_directions, generator)
+            j = torch.arange(max(part.start, k * per_sample) - k * per_sample,
+                             min(part.stop, (k + 1) * per_sample) - k * per_sample, device=device)
+            r, d = radii[j // num_directions], directions[k][j % num_directions]
+            pieces.append((points[k] + r.view(-1, 1, 1, 1) * d).clamp_(0, 1))
+        return torch.cat(pieces)
 
-        confs = confidences_of(model, make_images, labels[k].expand(total), total, chunk_size)
-        out[k, 1:] = torch.quantile(confs.view(len(radii), num_directions), q, dim=1).T.cpu()
+    confs = confidences_of(model, make_images, labels.repeat_interleave(per_sample),
+                           n * per_sample, chunk_size, precision)
+    q = torch.tensor([0.05, 0.95], device=device)
+    spread = torch.quantile(confs.view(n, len(radii), num_directions), q, dim=2)  # (2,N,R)
+    out[:, 1:] = spread.permute(1, 2, 0).cpu()
     return out

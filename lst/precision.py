@@ -1,0 +1,53 @@
+"""The arithmetic of the model's forward and backward passes: fp32, bf16 or fp16.
+
+fp32 is the paper's arithmetic. Under bf16 or fp16 the model runs under `torch.autocast` on its
+device type, and convolutional models get channels-last inputs (measured on a 2-core CPU with
+AMX for resnet20, batch 100, forward+backward to the input: fp32 180 ms, bf16 101 ms, bf16 with
+channels-last inputs 70 ms). Everything around the model (projection, acceptance, recorded
+confidences and distances) stays float32: callers cast the logits with `.float()`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+@contextlib.contextmanager
+def autocast(precision: str, device: torch.device) -> Iterator[None]:
+    """torch.autocast to the precision's dtype on `device`'s type; nothing for fp32."""
+    check_precision(precision)
+    if PRECISIONS[precision] is None:
+        yield
+        return
+    with torch.autocast(device.type, dtype=PRECISIONS[precision]):
+        yield
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """Whether the model has a 2-d convolution (cached on the model)."""
+    cached = getattr(model, "_lst_convolutional", None)
+    if cached is None:
+        cached = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        try:
+            model._lst_convolutional = cached
+        except AttributeError:  # a scripted or frozen module
+            pass
+    return cached
+
+
+def model_input(model: nn.Module, images: torch.Tensor, precision: str) -> torch.Tensor:
+    """The images as the model should get them: channels-last under bf16/fp16 for a
+    convolutional model (faster kernels, same values), unchanged otherwise."""
+    if precision != "fp32" and images.dim() == 4 and is_convolutional(model):
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
