@@ -237,12 +237,14 @@ def test_cli_defaults_are_the_settings_defaults():
 def test_every_settings_field_reaches_the_settings_from_its_flag():
     changed = LSTSettings(step_size=0.5, iters=7, pthresh=0.3, adv_step_size=0.01, init_noise=0.1,
                           log_step=2, get_confs_over_path=True, get_images=True, get_widths=True,
-                          width_distances=(0.5, 3.0), width_directions=9, seed=4)
+                          width_distances=(0.5, 3.0), width_directions=9, seed=4,
+                          precision="bf16")
     assert all(getattr(changed, f.name) != getattr(LSTSettings(), f.name) for f in fields(LSTSettings))
     argv = ["smallcnn-normal", "shapes", "--examples", "--step_size", "0.5", "--iters", "7",
             "--pthresh", "0.3", "--adv_pert", "--adv_step_size", "0.01", "--init_noise", "0.1",
             "--log_step", "2", "--get_confs_over_path", "--get_images", "--get_widths",
-            "--width_distances", "0.5", "3", "--width_directions", "9", "--seed", "4"]
+            "--width_distances", "0.5", "3", "--width_directions", "9", "--seed", "4",
+            "--precision", "bf16"]
     assert cli.lst_settings(cli.parse_args(argv)) == changed
 
 
