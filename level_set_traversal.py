@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lst.data import DataError, dataset_info, load_dataset, random_classes
+from lst.data import DataError, check_root, dataset_info, load_dataset, random_classes
 from lst.progress import set_quiet
 from lst.results import ResultsError, WriteError, results_stem
 from lst.runstore import RunStore, provenance, run_id, run_key, weights_fingerprint
@@ -117,7 +117,7 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
     """Reject bad values before anything runs or is written (docs/design.md, "Bad input");
     fill in the dataset's default classes. Returns the LST settings of the flags."""
     info = dataset_info(args.dataset)
-    for name in ("iters", "batch_size", "log_step", "num_samples", "rounds", "width_directions"):
+    for name in ("iters", "batch_size", "num_samples", "rounds"):  # the settings check the rest
         if getattr(args, name) <= 0:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
     if not (math.isfinite(args.adv_step_size) and args.adv_step_size > 0):  # even unused
@@ -141,8 +141,7 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
         raise DataError(f"class {bad[0]} is out of range: {args.dataset} has classes "
                         f"0..{info.num_classes - 1}")
     root = data_root(args)
-    if info.path_flag is not None and root is None:
-        raise DataError(f"{args.dataset} needs its folder: pass {info.path_flag} DIR ({info.layout})")
+    check_root(args.dataset, root)
     if info.needs_model_config and not args.load_dict and not Path(root).is_dir():
         raise DataError(f"{args.dataset} path {root} does not exist: expected {info.layout}")
     if len(set(args.target_classes)) < len(args.target_classes):
@@ -275,10 +274,10 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
             if not rank.is_main:
                 return None
             file_args = results_args(args, key, origin)
-            written = []  # the results dict last: a run counts as done once it exists
-            if all_confs is not None:
-                written.append(store.write("all_confs", file_args, all_confs))
-            written.insert(0, store.write("fulleval_dict", file_args, results))
+            # the results dict last: a run counts as done once it exists
+            companions = ([] if all_confs is None
+                          else [store.write("all_confs", file_args, all_confs)])
+            written = [store.write("fulleval_dict", file_args, results)] + companions
             store.finish()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: {saved_pairs(store)}; the same command resumes") from None

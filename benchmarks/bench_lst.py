@@ -7,10 +7,9 @@
 The LST step cost is the slope of the traversal's wall time in the number of iterations
 (time(1 + k iterations) - time(1 iteration)) / k, so start-up work is not counted; each repeat
 measures the bare forward+backward (median of 3) right beside it, and the reported ratio is the
-median of the per-repeat ratios. The target
-(docs/design.md, "The fused step") is LST step / bare forward+backward <= 1.10. It also prints the throughput of path
-widths and hull evaluation in images per second. Models have random weights: speed does not
-depend on them. With --precision bf16/fp16 the bare forward+backward runs in that precision
+median of the per-repeat ratios. The target (docs/design.md, "The fused step") is LST step /
+bare forward+backward <= 1.10. It also prints the throughput of path widths and hull
+evaluation in images per second. Models have random weights: speed does not depend on them. With --precision bf16/fp16 the bare forward+backward runs in that precision
 too (autocast, channels-last inputs for convolutional models, as LST runs it), and the table
 adds the float32 LST step and its ratio to the step in that precision.
 """

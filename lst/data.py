@@ -179,6 +179,14 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+def check_root(name: str, root: str | Path | None) -> DatasetInfo:
+    """The record of dataset `name`; DataError if it needs a folder and `root` is None."""
+    info = dataset_info(name)
+    if info.path_flag is not None and root is None:
+        raise DataError(f"{name} needs its folder: pass {info.path_flag} DIR ({info.layout})")
+    return info
+
+
 def load_dataset(name: str, *, root: str | Path | None = None, config: DataConfig | None = None,
                  split: str = "test", seed: int = 0) -> Dataset:
     """The `split` of dataset `name` (a key of DATASETS). Raises DataError on bad input.
@@ -186,9 +194,7 @@ def load_dataset(name: str, *, root: str | Path | None = None, config: DataConfi
     root: the dataset's folder (imagenet, cifar10); config: the model's DataConfig (imagenet);
     seed: generation seed (shapes).
     """
-    info = dataset_info(name)
-    if info.path_flag is not None and root is None:
-        raise DataError(f"{name} needs its folder: pass {info.path_flag} DIR ({info.layout})")
+    info = check_root(name, root)
     return info.load(None if root is None else Path(root), config, split, seed)
 
 

@@ -58,7 +58,8 @@ def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.T
 
 def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], out_dir: Path,
                     dataset_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image per class (docs/design.md, "Modes"), saved as {out_dir}/{dataset}_target_{class}.png and reused.
+    """One image per class (docs/design.md, "Modes"), saved as
+    {out_dir}/{dataset}_target_{class}.png and reused.
 
     A saved PNG is 8-bit: images that were not 8-bit (resized ImageNet crops) are quantised to
     1/255 on the first save, and every later run uses the quantised image.

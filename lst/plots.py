@@ -1,4 +1,5 @@
-"""The figures of the paper's kind (grid, star, triangles, path, widths) from an examples results dict (see `lst.experiments.run_examples`).
+"""The figures of the paper's kind (grid, star, triangles, path, widths) from an examples
+results dict (see `lst.experiments.run_examples`).
 
 Every function takes the results dict (numpy arrays), writes one PNG and returns its path.
 Indices: blind_spots[s, t] is source s's blind spot towards target t; K = number of classes.

@@ -44,5 +44,5 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> tqdm:
     if not sys.stderr.isatty():
         kwargs.setdefault("file", _LineWriter(sys.stderr))
         kwargs["mininterval"] = max(kwargs.get("mininterval", 0.1), LOG_INTERVAL)
-        kwargs["ncols"] = kwargs.get("ncols", 100)
+        kwargs.setdefault("ncols", 100)
     return tqdm(iterable, **kwargs)

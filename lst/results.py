@@ -1,4 +1,5 @@
-"""Results files (schema: README, "Results schema"): plain pickles, written atomically, read back through a safe unpickler.
+"""Results files (schema: README, "Results schema"): plain pickles, written atomically, read
+back through a safe unpickler.
 
 A results file is a dict {"args": {...}, "results": {...}} of plain Python containers (dict,
 list, tuple, str, int, float, bool, None) and numpy arrays / scalars of plain dtypes. Nothing else

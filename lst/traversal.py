@@ -85,8 +85,11 @@ class LSTSettings:
             raise ValueError(f"adv_step_size must be positive, got {self.adv_step_size}")
         if self.init_noise < 0:
             raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
-        if self.iters < 0 or self.log_step < 1 or self.width_directions < 1:
-            raise ValueError("iters must be >= 0, log_step and width_directions >= 1")
+        if self.iters < 0:
+            raise ValueError(f"iters must be >= 0, got {self.iters}")
+        for name in ("log_step", "width_directions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.width_distances or not all(math.isfinite(r) and r > 0
                                                for r in self.width_distances):
             raise ValueError(f"width_distances must be positive finite numbers, got "
@@ -287,6 +290,7 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         probs, grad = _confidence_and_grad(model, x, yk, precision)
         conf = probs.gather(1, yk.view(-1, 1)).squeeze(1)
         idx_cpu = idx.cpu()
+        eps = settings.adv_step_size
         for i in progress_bar(range(settings.iters), desc="LST", disable=not progress,
                               leave=False):
             d_perp = orthogonal_step(grad, xt - x)
@@ -303,7 +307,6 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                         model, x, d_perp, yk, settings.width_distances,
                         num_directions=settings.width_directions, seed=settings.seed,
                         sample_ids=kept_ids, stream=f"widths/{r}", precision=precision)
-            eps = settings.adv_step_size
             if eps is not None:
                 adv = (adv + (eps / 2) * grad).clamp(-eps, eps)
             proposal = (x + settings.step_size * d_perp - adv).clamp(0, 1)

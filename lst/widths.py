@@ -1,4 +1,5 @@
-"""Path width (docs/design.md, "Measurements"): how far the level set extends sideways around an LST iterate."""
+"""Path width (docs/design.md, "Measurements"): how far the level set extends sideways around
+an LST iterate."""
 from __future__ import annotations
 
 from typing import Sequence

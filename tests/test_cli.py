@@ -1,4 +1,5 @@
-"""The command line end to end on `shapes` with few iterations, and every bad input of docs/design.md, "Bad input"."""
+"""The command line end to end on `shapes` with few iterations, and every bad input of
+docs/design.md, "Bad input"."""
 import os
 import pickle
 import re
