@@ -25,7 +25,8 @@ import torch
 from lst.data import DataError, check_root, dataset_info, load_dataset, random_classes
 from lst.progress import set_quiet
 from lst.results import ResultsError, WriteError, results_stem
-from lst.runstore import RunStore, provenance, run_id, run_key, weights_fingerprint
+from lst.runstore import (LOADED_KEYS, RunStore, file_digest, provenance, run_id, run_key,
+                          weights_fingerprint)
 from lst.traversal import LSTSettings
 
 
@@ -86,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "ImageNet, 0-4 on 10-class sets)")
     p.add_argument("--random_target_classes", action="store_true",
                    help="draw as many random classes as --target_classes has, from --seed")
+    p.add_argument("--transfer_models", nargs="+", default=[], metavar="NAME",
+                   help="other models of the dataset that also judge every blind spot and raw "
+                        "target (Table 3 of print_tables.py)")
     p.add_argument("--load_dict", action="store_true", help="redraw figures from the saved results")
     p.add_argument("--imgnet_path", default=None, help="ImageNet root (val/ or devkit layout)")
     p.add_argument("--cifar_path", default=None, help="CIFAR-10 root (torchvision or test/<class>/)")
@@ -149,6 +153,9 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
         raise DataError(f"--target_classes names class(es) {twice} more than once")
     if args.examples and len(args.target_classes) < 3:
         raise DataError("--examples needs at least 3 distinct --target_classes")
+    if args.model in args.transfer_models or len(set(args.transfer_models)) < len(args.transfer_models):
+        raise DataError("--transfer_models must name other models than the traversed one "
+                        "(which always judges its own blind spots), each once")
     if args.load_dict and not args.examples:
         raise DataError("--load_dict redraws the figures of --examples; it does not go with "
                         "--full_eval")
@@ -162,6 +169,10 @@ def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
     sizes = ({"classes": args.target_classes} if args.examples else
              {"num_samples": args.num_samples, "rounds": args.rounds,
               "get_final_imgs": args.get_final_imgs})
+    if args.transfer_models:  # absent otherwise: the run ids of runs without stay as they were
+        sizes["transfer_models"] = list(args.transfer_models)
+        files = [local_weights_file(name, args.dataset) for name in args.transfer_models]
+        sizes["transfer_weights_files"] = [None if f is None else file_digest(f) for f in files]
     return run_key("examples" if args.examples else "full_eval", args.model, args.dataset,
                    settings, data_root=data_root(args),
                    weights_file=local_weights_file(args.model, args.dataset, args.load_model_path),
@@ -180,11 +191,12 @@ def results_args(args: argparse.Namespace, key: dict, origin: dict) -> dict:
     """The `args` of a results file: the flags, the full run key and where the results come
     from (package versions, git commit, host, start and end time)."""
     return {**vars(args), "run_key": key, "run_id": run_id({k: v for k, v in key.items()
-                                                            if k != "weights"}),
+                                                            if k not in LOADED_KEYS}),
             "provenance": dict(origin, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
 
 
 def model_and_data(args: argparse.Namespace):
+    """(model, dataset, transfer models by name) as the flags say."""
     from models import load_model
 
     info = dataset_info(args.dataset)
@@ -194,9 +206,23 @@ def model_and_data(args: argparse.Namespace):
                                model_dir=args.model_dir, device=args.device)
     if info.needs_model_config:  # the resize and crop come from the model's config
         dataset = load_dataset(args.dataset, root=data_root(args), config=config)
+    transfer_models = {}
+    for name in args.transfer_models:
+        transfer_models[name], other = load_model(name, args.dataset, model_dir=args.model_dir,
+                                                  device=args.device)
+        if other.input_size != config.input_size:
+            raise DataError(f"--transfer_models {name} takes {other.input_size} images; the "
+                            f"blind spots of {args.model} are {config.input_size}")
     if args.compile:  # same weights, fused kernels: results differ only by float rounding
         model = torch.compile(model)
-    return model, dataset
+    return model, dataset, transfer_models
+
+
+def add_loaded_weights(key: dict, model, transfer_models: dict) -> None:
+    """Complete the run key with the fingerprints of the loaded weights (`LOADED_KEYS`)."""
+    key["weights"] = weights_fingerprint(model)
+    if transfer_models:
+        key["transfer_weights"] = [weights_fingerprint(m) for m in transfer_models.values()]
 
 
 class Interrupted(Exception):
@@ -217,15 +243,15 @@ def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
         return f"redrew {len(figures)} figures from {store.path('examples_dict')} in {store.out_dir}/"
     try:
         with store.open():
-            model, dataset = model_and_data(args)
-            key["weights"] = weights_fingerprint(model)
+            model, dataset, transfer_models = model_and_data(args)
+            add_loaded_weights(key, model, transfer_models)
             if not args.overwrite and store.finished("examples_dict", key):
                 return (f"already done: {store.path('examples_dict')} holds this run "
                         "(--load_dict redraws its figures, --overwrite recomputes it)")
             origin = provenance()
             results = run_examples(model, dataset, args.target_classes, settings,
                                    out_dir=store.out_dir, dataset_name=args.dataset,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, transfer_models=transfer_models)
             store.write("examples_dict", results_args(args, key, origin), results)
             figures = plot_examples(results, [names[c] for c in results["classes"]],
                                     store.out_dir, store.stem, settings.width_distances)
@@ -252,8 +278,8 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
     store = RunStore(args.out_dir, stem_of(args, settings, key), "full_eval", rank)
     try:
         with store.open(restart=args.restart):
-            model, dataset = model_and_data(args)
-            key["weights"] = weights_fingerprint(model)
+            model, dataset, transfer_models = model_and_data(args)
+            add_loaded_weights(key, model, transfer_models)
             done, error = None, None
             if rank.is_main:
                 try:
@@ -270,7 +296,7 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
             results, all_confs = run_full_eval(
                 model, dataset, settings, num_samples=args.num_samples, rounds=args.rounds,
                 batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, store=store,
-                run_key=key, rank=rank)
+                run_key=key, rank=rank, transfer_models=transfer_models)
             if not rank.is_main:
                 return None
             file_args = results_args(args, key, origin)

@@ -1,14 +1,18 @@
-"""Print Tables 1 and 2 from results files, and write an HTML report of a folder of runs.
+"""Print Tables 1, 2, 2b and 3 from results files; draw the delta curve; write an HTML report.
 
     python print_tables.py plots_and_figures/                  # every results file in the folder
-    python print_tables.py 'runs/*.pkl' --format latex
+    python print_tables.py 'runs/*.pkl' --format latex --ci    # 95% intervals over sources
+    python print_tables.py plots_and_figures/ --plot delta.png # the delta curve of full_evals
     python print_tables.py plots_and_figures/ --html           # also plots_and_figures/report.html
 
-full_eval files give Table 1 (mean ± std over kept pairs) and Table 2 (over sources, files written
-with --get_final_imgs); examples files give Table 1 over their example pairs; companion
-_all_confs.pkl files are skipped quietly. Every table has n, and rows are labelled by the model and
-by every argument that differs between the runs shown (e.g. "pthresh=0.5"). A file that is not
-a results file of this tool stops with one line (exit 2).
+full_eval files give Table 1 (over kept pairs), Table 2 (triangles, over sources) and Table 2b
+(limbs and chords; both from files written with --get_final_imgs); examples files give Table 1
+over their example pairs; files of runs with --transfer_models give Table 3 (blind spots of A
+judged by B). Cells are mean ± std, or with --ci the mean and its 95% bootstrap interval over
+sources (2,000 resamples of sources, seeded). The companion _all_confs.pkl files give the delta
+curve of --plot. Every table has n (sources, pairs), and rows are labelled by the model and by
+every argument that differs between the runs shown (e.g. "pthresh=0.5"). A file that is not a
+results file of this tool stops with one line (exit 2).
 """
 from __future__ import annotations
 
@@ -17,9 +21,11 @@ import glob
 import sys
 from pathlib import Path
 
+from lst.hull import DELTA_CURVE
+from lst.plots import plot_delta_curves
 from lst.report import write_report
 from lst.results import ResultsError
-from lst.tables import FORMATS, format_tables, load_run
+from lst.tables import FORMATS, delta_curves, format_tables, load_run
 
 
 def expand(patterns: list[str]) -> list[Path]:
@@ -40,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="+", help="results files, globs or directories")
     p.add_argument("--format", choices=sorted(k for k in FORMATS if k != "html"), default="plain")
+    p.add_argument("--ci", action="store_true",
+                   help="95%% bootstrap intervals over sources instead of ± std")
+    p.add_argument("--plot", metavar="OUT.png", default=None,
+                   help="also draw the delta curve of the full_eval runs (their _all_confs.pkl)")
     p.add_argument("--html", action="store_true",
                    help="also write FOLDER/report.html (one folder argument): every run with its "
                         "arguments, tables and figures")
@@ -52,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = [load_run(f) for f in files]
         if not any(r.kind in ("full_eval", "examples") for r in runs):
             raise ResultsError(f"no results files in {' '.join(args.files)}")
-        print(format_tables(runs, args.format))
+        print(format_tables(runs, args.format, ci=args.ci))
+        if args.plot:
+            curves = delta_curves(runs)
+            if not curves:
+                raise ResultsError("--plot draws the delta curve from _all_confs.pkl files "
+                                   "(full_eval --get_final_imgs); none among these files")
+            print(f"wrote {plot_delta_curves(curves, DELTA_CURVE, Path(args.plot))}")
         if args.html:
             print(f"wrote {write_report(args.files[0], runs)}")
     except ResultsError as err:

@@ -11,7 +11,7 @@ import logging
 import time
 from itertools import combinations
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,12 +24,13 @@ from .confidence import model_device
 from .data import (assign_targets, dataset_labels, read_rgb, select_sources, select_targets,
                    stack_items)
 from .distributed import Rank, barrier, broadcast
-from .hull import (aggregate_pairs, hull_stats, segment_confidences, source_hull_confidences,
-                   triangle_grid)
+from .hull import (SEGMENT_POINTS, aggregate_pairs, hull_stats, limbs_and_chords,
+                   segment_confidences, segment_stats, source_hull_confidences, triangle_grid)
 from .metrics import image_distances
 from .progress import progress_bar
 from .results import atomic_write
 from .runstore import ResumeError, RunStore, weights_fingerprint
+from .transfer import judge_pairs
 from .traversal import LSTSettings, level_set_traversal
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], 
 
 def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], settings: LSTSettings,
                  *, out_dir: Path, dataset_name: str, batch_size: int = 64,
-                 hull_chunk: int = 512) -> dict:
+                 hull_chunk: int = 512, transfer_models: Mapping[str, nn.Module] | None = None
+                 ) -> dict:
     """All-pairs LST between one image per class and everything the figures need.
 
     Returns a dict (numpy arrays, K = len(classes)): images (K,C,H,W), labels (K,),
@@ -94,7 +96,9 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     init_confs (K,), final_confs / kept / l2 / linf / ssim / lpips (K,K); limbs (K,K,P) and
     straight (K,K,P): source-class confidence along source->blind spot and source->target;
     hull_pairs (M,2) target pairs, hull_confs (K,M,66), and the path recordings asked for,
-    shaped (K,K,...).
+    shaped (K,K,...). With transfer_models (name -> model of the same dataset):
+    transfer_models (names) and the `lst.transfer.judge_pairs` arrays, (K,K,J) with
+    J = 1 + len(transfer_models), judge 0 the model itself; NaN (pred -1) on the diagonal.
     """
     images, labels = example_targets(model, dataset, classes, out_dir, dataset_name)
     k = len(classes)
@@ -131,6 +135,12 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     for key in ("confs_over_path", "images_over_path", "widths"):
         if run[key] is not None:
             results[key] = square(run[key], 0)
+    if transfer_models:
+        judged = judge_pairs(judges_of(model, transfer_models), blind, images[tgt], labels[src],
+                             labels[tgt])
+        results["transfer_models"] = list(transfer_models)
+        for key, value in judged.items():
+            results[key] = square(value, -1 if key.endswith("pred") else np.nan)
     precision = settings.precision
     results["limbs"] = square(segment_confidences(model, images[src], blind, labels[src],
                                                   precision=precision).numpy(), np.nan)
@@ -150,6 +160,12 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
                                                   chunk_size=hull_chunk, precision=precision)
     results["hull_confs"] = confs
     return results
+
+
+def judges_of(model: nn.Module, transfer_models: Mapping[str, nn.Module] | None
+              ) -> dict[str, nn.Module]:
+    """The judges of `lst.transfer`: the traversed model itself first, then the others."""
+    return {"": model, **(transfer_models or {})}
 
 
 def float32_violations(init_confs: np.ndarray, final_confs: np.ndarray, kept: np.ndarray,
@@ -192,7 +208,9 @@ def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, n
 def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, num_samples: int,
                   rounds: int = 5, batch_size: int = 64, get_final_imgs: bool = False,
                   hull_chunk: int = 512, store: RunStore | None = None,
-                  run_key: dict | None = None, rank: Rank = Rank()) -> tuple[dict | None, dict | None]:
+                  run_key: dict | None = None, rank: Rank = Rank(),
+                  transfer_models: Mapping[str, nn.Module] | None = None
+                  ) -> tuple[dict | None, dict | None]:
     """LST from `num_samples` sources to `rounds` targets each, resumable and sharded.
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
@@ -209,8 +227,13 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     (N,R) (p0 of the source, per pair), final_confs, kept, accept_rate, l2, linf, ssim, lpips
     (N,R), float32_violations (a float, see `float32_violations`), path recordings (N,R,...)
     when asked, and with get_final_imgs final_images
-    (N,R,C,H,W) uint8 and hull_stats (dict of (N,) arrays, Table 2). all_confs (with
-    get_final_imgs, else None): hull_pairs (M,2) round pairs and hull_confs (N,M,66) float32.
+    (N,R,C,H,W) uint8, hull_stats (dict of (N,) arrays, Table 2) and segment_stats (dict of
+    (N,) arrays, Table 2b: limbs and chords kept); with transfer_models (name -> model of the
+    same dataset) transfer_models (names) and the `lst.transfer.judge_pairs` arrays, (N,R,J),
+    J = 1 + len(transfer_models), judge 0 the model itself; seconds: the time of this call's
+    parts (traversal, transfer, triangles, limbs_chords). all_confs (with get_final_imgs, else
+    None): hull_pairs (M,2) round pairs, hull_confs (N,M,66), limb_confs (N,R,21) and
+    chord_confs (N,M,21), float32.
     """
     started = time.time()
     if run_key is None:
@@ -228,6 +251,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     todo = np.flatnonzero(~done)
     mine = todo[todo % rank.world_size == rank.rank]
     in_memory = []
+    judges = judges_of(model, transfer_models) if transfer_models else None
+    seconds = {"traversal": 0.0, "transfer": 0.0}
     source_of, round_of = mine // rounds, mine % rounds
     with progress_bar(total=n_pairs, initial=int(done.sum()), desc="full eval (pairs)",
               disable=not rank.is_main, smoothing=0.05) as bar:
@@ -236,8 +261,15 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
             src_images, src_labels = stack_items(dataset, pool[source_of[part]])
             tgt_images, tgt_labels = stack_items(dataset,
                                                  pool[targets[source_of[part], round_of[part]]])
+            clock = time.time()
             run = traverse_in_batches(model, src_images, src_labels, tgt_images, tgt_labels,
                                       ids.tolist(), settings, batch_size, progress=False)
+            seconds["traversal"] += time.time() - clock
+            if judges is not None:
+                clock = time.time()
+                run.update(judge_pairs(judges, torch.from_numpy(run["final_images"]), tgt_images,
+                                       src_labels, tgt_labels))
+                seconds["transfer"] += time.time() - clock
             if not get_final_imgs:
                 run.pop("final_images")
             run["pair_ids"] = ids
@@ -256,6 +288,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     labels = dataset_labels(dataset)[pool]
     results = {"source_indices": pool, "labels": labels, "target_indices": pool[targets],
                "target_labels": labels[targets], "log_iters": merged.pop("log_iters")}
+    if transfer_models:
+        results["transfer_models"] = list(transfer_models)
     blind = merged.pop("final_images", None)
     for key, value in merged.items():
         results[key] = value.reshape(n, rounds, *value.shape[1:])
@@ -263,13 +297,15 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     if get_final_imgs:
         blind = torch.from_numpy(blind).view(n, rounds, *blind.shape[1:])
         results["final_images"] = (blind * 255).round().to(torch.uint8).numpy()
-        results["hull_stats"], all_confs = _full_eval_hulls(model, dataset, pool, blind,
-                                                            hull_chunk, settings.precision)
+        results["hull_stats"], results["segment_stats"], all_confs = _full_eval_hulls(
+            model, dataset, pool, blind, hull_chunk, settings.precision, seconds)
     results["float32_violations"] = float32_violations(results["init_confs"],
                                                        results["final_confs"], results["kept"],
                                                        settings.pthresh)
-    log.info("full eval: %d pairs in %.0f s, mean final confidence %.3f",
-             n_pairs, time.time() - started, float(np.nanmean(results["final_confs"])))
+    results["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    log.info("full eval: %d pairs in %.0f s (%s), mean final confidence %.3f", n_pairs,
+             time.time() - started, ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
+             float(np.nanmean(results["final_confs"])))
     return results, all_confs
 
 
@@ -287,15 +323,29 @@ def _merge_parts(parts: list[dict], n_pairs: int) -> dict:
 
 
 def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind: torch.Tensor,
-                     hull_chunk: int, precision: str) -> tuple[dict, dict]:
-    """Table 2: each source with every pair of its blind spots (blind: (N,R,C,H,W) float)."""
+                     hull_chunk: int, precision: str, seconds: dict
+                     ) -> tuple[dict, dict, dict]:
+    """Tables 2 and 2b: each source with every pair of its blind spots, and the straight limbs
+    and chords between them (blind: (N,R,C,H,W) float). Adds the time of the triangles and of
+    the limbs and chords to `seconds`."""
     n, rounds = blind.shape[:2]
     hull_pairs = list(combinations(range(rounds), 2))
     confs = torch.empty(n, len(hull_pairs), len(triangle_grid()))
+    limbs = torch.empty(n, rounds, SEGMENT_POINTS)
+    chords = torch.empty(n, len(hull_pairs), SEGMENT_POINTS)
+    seconds.update(triangles=0.0, limbs_chords=0.0)
     with progress_bar(range(n), desc="hulls", leave=False) as sources:
         for i in sources:
             image, label = dataset[int(pool[i])]
+            clock = time.time()
             confs[i] = source_hull_confidences(model, image, label, blind[i], hull_pairs,
                                                chunk_size=hull_chunk, precision=precision)
+            seconds["triangles"] += time.time() - clock
+            clock = time.time()
+            limbs[i], chords[i] = limbs_and_chords(model, image, label, blind[i], hull_pairs,
+                                                   confs[i], hull_chunk, precision)
+            seconds["limbs_chords"] += time.time() - clock
     stats = aggregate_pairs(hull_stats(confs.view(-1, confs.shape[-1])), len(hull_pairs))
-    return stats, {"hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy()}
+    return stats, segment_stats(limbs.numpy(), chords.numpy()), {
+        "hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy(),
+        "limb_confs": limbs.numpy(), "chord_confs": chords.numpy()}

@@ -1,8 +1,10 @@
-"""Confidence over triangular convex hulls (the paper's Table 2) and along straight lines (its
-star-like "limbs"); the statistics are defined in docs/design.md, "Measurements"."""
+"""Confidence over triangular convex hulls (the paper's Table 2) and along straight lines: its
+star-like "limbs" (source to blind spot) and the "chords" between two blind spots that test
+convexity (Table 2b); the statistics are defined in docs/design.md, "Measurements"."""
 from __future__ import annotations
 
 from itertools import combinations
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -11,6 +13,9 @@ from torch import nn
 from .confidence import confidences_of, model_device
 
 HULL_DELTAS = (0.0, 0.1, 0.2, 0.3)
+SEGMENT_DELTAS = (0.05, 0.1, 0.2)  # Table 2b: a limb or chord is kept while p > p_src - delta
+SEGMENT_POINTS = 21
+DELTA_CURVE = np.round(np.linspace(0, 1, 101), 2)  # the deltas of the delta-curve figure
 
 
 def triangle_grid(n: int = 10) -> torch.Tensor:
@@ -112,26 +117,116 @@ def aggregate_pairs(stats: dict[str, np.ndarray], num_pairs: int) -> dict[str, n
                 else v.reshape(-1, num_pairs).mean(axis=1)) for k, v in stats.items()}
 
 
+def segment_grid(n: int = SEGMENT_POINTS - 1) -> torch.Tensor:
+    """Weights (n+1,2) = ((n-k)/n, k/n), k = 0..n, float64 built from integers: point k of the
+    segment from `start` to `end` is w0 * start + w1 * end. For n = 20 the even points are
+    exactly the points of a `triangle_grid(10)` edge."""
+    k = torch.arange(n + 1, dtype=torch.float64)
+    return torch.stack([(n - k) / n, k / n], dim=1)
+
+
 @torch.inference_mode()
 def segment_confidences(model: nn.Module, starts: torch.Tensor, ends: torch.Tensor,
-                        labels: torch.Tensor, num_points: int = 21, chunk_size: int = 512,
-                        precision: str = "fp32") -> torch.Tensor:
-    """p_y along the straight segments (1-t) start + t end, t = 0, 1/(num_points-1), ..., 1.
+                        labels: torch.Tensor, num_points: int = SEGMENT_POINTS,
+                        chunk_size: int = 512, precision: str = "fp32",
+                        at: Sequence[int] | None = None) -> torch.Tensor:
+    """p_y along the straight segments from start to end, at the points of
+    `segment_grid(num_points - 1)` (t = k/(num_points-1)), or only at the point indices `at`.
 
     starts, ends: (N,C,H,W) in [0,1]; labels: (N,). The star-like "limbs" when ends are blind spots,
-    the straight source-to-target line when ends are the targets. Returns (N,num_points) float32
-    on the CPU.
+    the straight source-to-target line when ends are the targets, the "chords" when both are
+    blind spots. Returns (N,num_points) (or (N,len(at))) float32 on the CPU.
     """
     device = model_device(model)
-    t = torch.linspace(0, 1, num_points, device=device)
+    weights = segment_grid(num_points - 1)
+    weights = (weights if at is None else weights[list(at)]).float().to(device)
+    p = len(weights)
     starts, ends = starts.to(device), ends.to(device)
-    total = len(starts) * num_points
-    point_labels = labels.to(device).repeat_interleave(num_points)
+    total = len(starts) * p
+    point_labels = labels.to(device).repeat_interleave(p)
 
     def make_images(part: slice) -> torch.Tensor:
         idx = torch.arange(part.start, part.stop, device=device)
-        k, w = idx // num_points, t[idx % num_points].view(-1, 1, 1, 1)
-        return ((1 - w) * starts[k] + w * ends[k]).clamp_(0, 1)
+        k, w = idx // p, weights[idx % p].view(-1, 2, 1, 1, 1)
+        return (w[:, 0] * starts[k] + w[:, 1] * ends[k]).clamp_(0, 1)
 
     confs = confidences_of(model, make_images, point_labels, total, chunk_size, precision)
-    return confs.view(len(starts), num_points).cpu()
+    return confs.view(len(starts), p).cpu()
+
+
+def triangle_edges(n: int = 10) -> dict[str, np.ndarray]:
+    """Row indices of `triangle_grid(n)` along the triangle (source, first, second)'s edges,
+    each (n+1,) ordered from its first vertex: "first" (source -> first, b = 0), "second"
+    (source -> second, a = 0) and "chord" (first -> second, a + b = 1)."""
+    grid = triangle_grid(n).numpy()
+    i, j = np.rint(grid[:, 1] * n).astype(int), np.rint(grid[:, 2] * n).astype(int)
+    row = {(a, b): r for r, (a, b) in enumerate(zip(i, j))}
+    return {"first": np.array([row[(k, 0)] for k in range(n + 1)]),
+            "second": np.array([row[(0, k)] for k in range(n + 1)]),
+            "chord": np.array([row[(n - k, k)] for k in range(n + 1)])}
+
+
+def limbs_and_chords(model: nn.Module, source: torch.Tensor, label: int, blind_spots: torch.Tensor,
+                     pairs: list[tuple[int, int]], triangle_confs: torch.Tensor,
+                     chunk_size: int = 512, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """p_label at the 21 points of each limb (source -> blind spot r) and each chord (blind spot
+    a -> blind spot b, for (a, b) in pairs), reusing the triangles' points.
+
+    source: (C,H,W) in [0,1]; blind_spots: (R,C,H,W); triangle_confs: (len(pairs),66), this
+    source's `source_hull_confidences` over the same pairs (n = 10). The even points of every
+    segment (t = 0, 0.1, ..., 1) are points of a triangle's edge and are read from
+    triangle_confs; only the 10 odd points (t = 0.05, 0.15, ..., 0.95) are evaluated here. A limb's
+    even points come from the last pair that has its blind spot as a vertex.
+    Returns (limbs (R,21), chords (len(pairs),21)), float32 on the CPU.
+    """
+    edges, rounds = triangle_edges(), len(blind_spots)
+    limbs = torch.full((rounds, SEGMENT_POINTS), float("nan"))
+    chords = torch.empty(len(pairs), SEGMENT_POINTS)
+    for m, (a, b) in enumerate(pairs):
+        chords[m, ::2] = triangle_confs[m, edges["chord"]]
+        for r, edge in ((b, "second"), (a, "first")):
+            limbs[r, ::2] = triangle_confs[m, edges[edge]]
+    if torch.isnan(limbs[:, 0]).any():
+        raise ValueError("every blind spot must be a vertex of one of the pairs")
+    odd = range(1, SEGMENT_POINTS, 2)
+    limbs[:, 1::2] = segment_confidences(model, source.expand_as(blind_spots), blind_spots,
+                                         torch.full((rounds,), int(label)), chunk_size=chunk_size,
+                                         precision=precision, at=odd)
+    first = blind_spots[[a for a, _ in pairs]]
+    second = blind_spots[[b for _, b in pairs]]
+    chords[:, 1::2] = segment_confidences(model, first, second,
+                                          torch.full((len(pairs),), int(label)),
+                                          chunk_size=chunk_size, precision=precision, at=odd)
+    return limbs, chords
+
+
+def segment_stats(limbs: np.ndarray, chords: np.ndarray,
+                  deltas: Sequence[float] = SEGMENT_DELTAS) -> dict[str, np.ndarray]:
+    """Table 2b per source: limbs (N,R,P) and chords (N,M,P) source-class confidences, point 0 of
+    a limb being the source (p_src). Returns (N,) float64 arrays limbs_kept_{d} and
+    chords_kept_{d}: the fraction of the source's limbs (chords) whose minimum over all P points,
+    ends included, stays above p_src - d (strictly)."""
+    limbs, chords = np.asarray(limbs, dtype=np.float64), np.asarray(chords, dtype=np.float64)
+    p_src = limbs[:, 0, 0]
+    stats = {}
+    for d in deltas:
+        stats[f"limbs_kept_{d:g}"] = (limbs.min(axis=2) > p_src[:, None] - d).mean(axis=1)
+        stats[f"chords_kept_{d:g}"] = (chords.min(axis=2) > p_src[:, None] - d).mean(axis=1)
+    return stats
+
+
+def delta_curve(hull_confs: np.ndarray, deltas: Sequence[float] = DELTA_CURVE) -> np.ndarray:
+    """Per source, the fraction of all its triangle points with p > p_src - delta.
+
+    hull_confs: (N,M,P) confidences in `triangle_grid` order (point 0 the source; triangles with
+    NaN are left out). Returns (N,len(deltas)) float64, NaN for a source without triangles.
+    """
+    confs = np.asarray(hull_confs, dtype=np.float64)
+    p_src = confs[:, :, :1]
+    valid = np.isfinite(confs).all(axis=2)  # (N,M)
+    out = np.full((len(confs), len(deltas)), np.nan)
+    counts = valid.sum(axis=1) * confs.shape[2]
+    for k, d in enumerate(deltas):
+        above = ((confs > p_src - d) & valid[:, :, None]).sum(axis=(1, 2))
+        out[:, k] = np.where(counts > 0, above / np.maximum(counts, 1), np.nan)
+    return out

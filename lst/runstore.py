@@ -48,6 +48,9 @@ class RunLockedError(ResultsError):
     """Another live run holds this run's lock."""
 
 
+LOADED_KEYS = ("weights", "transfer_weights")  # known once the models are loaded; not in the run id
+
+
 def run_key(mode: str, model: str, dataset: str, settings: LSTSettings, *,
             data_root: str | Path | None = None, weights_file: str | Path | None = None,
             **sizes) -> dict:

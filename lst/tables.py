@@ -1,23 +1,27 @@
-"""Tables 1 and 2 from results files, and the labels that tell runs apart.
+"""Tables 1, 2, 2b and 3 and the delta curve from results files, and the labels that tell runs
+apart.
 
-A `Run` is one results file of this tool: a full_eval (`..._fulleval_dict.pkl`, Tables 1 and 2),
-an examples run (`..._examples_dict.pkl`, Table 1 over its example pairs), or a full_eval's
-companion (`..._all_confs.pkl`, triangle confidences; no row of its own). Every table shows mean
-± std and n: kept pairs in Table 1, sources in Table 2.
+A `Run` is one results file of this tool: a full_eval (`..._fulleval_dict.pkl`, Tables 1, 2, 2b
+and 3), an examples run (`..._examples_dict.pkl`, Table 1 over its example pairs, Table 3), or a
+full_eval's companion (`..._all_confs.pkl`, triangle confidences: the delta curve; no row of its
+own). Every cell is a mean with ± std or its 95% bootstrap interval over sources, and every
+row says its n: sources and pairs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tabulate import tabulate
 
-from .hull import HULL_DELTAS
+from .hull import DELTA_CURVE, HULL_DELTAS, SEGMENT_DELTAS, delta_curve
 from .results import ResultsError, load_results
+from .uncertainty import Estimate, estimate
 
 ARCH_NAMES = {"resnet50": "ResNet-50", "deit_small_patch16_224": "DeiT-S", "wideresnet": "WRN-28-10",
-              "resnet20": "ResNet-20", "smallcnn": "SmallCNN"}
+              "resnet20": "ResNet-20", "smallcnn": "SmallCNN", "vit": "ViT"}
 TYPE_NAMES = {"normal": "", "linf": " (AT)"}
 FORMATS = {"plain": "simple", "github": "github", "latex": "latex_raw", "html": "html"}
 
@@ -26,6 +30,10 @@ TABLE1 = [("p0", "init_confs"), ("final conf.", "final_confs"), ("L2 (norm.)", "
 TABLE2 = ([("p_src", "p_src"), ("mean conf.", "mean")]
           + [(f"frac > p_src-{d:g}", f"frac_above_{d:g}") for d in HULL_DELTAS]
           + [("edge mean", "edge_mean"), ("edge min (p-p_src)", "edge_min")])
+TABLE2B = [(f"{kind} kept d={d:g}", f"{kind}_kept_{d:g}") for d in SEGMENT_DELTAS
+           for kind in ("limbs", "chords")]
+TABLE3 = [("as source", "source"), ("as target", "target"), ("as other", "other"),
+          ("B's p(source)", "source_conf")]
 SUFFIXES = {"full_eval": "_fulleval_dict.pkl", "examples": "_examples_dict.pkl",
             "all_confs": "_all_confs.pkl"}
 
@@ -66,14 +74,6 @@ def model_label(args: dict) -> str:
     arch, _, kind = args["model"].rpartition("-")
     label = ARCH_NAMES.get(arch, arch) + TYPE_NAMES.get(kind, f" ({kind})")
     return f"{args['desc']}{label}" if args.get("desc") else label
-
-
-def mean_std(values: np.ndarray, pm: str = "±") -> str:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return "n/a"
-    return f"{values.mean():.3f} {pm} {values.std():.3f}"
 
 
 def run_arguments(args: dict) -> dict:
@@ -123,61 +123,132 @@ def labels(runs: list[Run]) -> list[str]:
     return out
 
 
-def _examples_pairs(res: dict) -> dict[str, np.ndarray]:
-    """Table 1 columns over an examples run's kept off-diagonal pairs, (n,) each."""
-    final = np.asarray(res["final_confs"])
-    k = len(final)
-    use = ~np.eye(k, dtype=bool) & np.asarray(res["kept"], dtype=bool)
-    columns = {"init_confs": np.broadcast_to(np.asarray(res["init_confs"])[:, None], (k, k))}
-    columns.update({key: np.asarray(res[key]) for _, key in TABLE1 if key != "init_confs"})
-    return {key: value[use] for key, value in columns.items()}
+def _pair_columns(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """(use, sources): the run's kept pairs as a boolean mask over its pair arrays ((N,R)
+    full_eval, (K,K) examples without the diagonal), and the source of every pair (same shape)."""
+    res = run.results
+    kept = np.asarray(res["kept"], dtype=bool)
+    if run.kind == "examples":
+        kept = kept & ~np.eye(len(kept), dtype=bool)
+    sources = np.broadcast_to(np.arange(kept.shape[0])[:, None], kept.shape)
+    return kept, sources
 
 
-def table_rows(runs: list[Run], pm: str = "±") -> tuple[list, list, list]:
-    """Rows of Table 1 (full_eval), Table 2 (full_eval with hull statistics) and the examples'
-    Table 1; each row is [label, dataset, n, mean ± std ...]. all_confs runs give no row."""
+def _table1_values(run: Run, key: str) -> np.ndarray:
+    """A Table 1 column as a pair array: init_confs of an examples run is one per source."""
+    value = np.asarray(run.results[key])
+    if run.kind == "examples" and key == "init_confs":
+        return np.broadcast_to(value[:, None], (len(value), len(value)))
+    return value
+
+
+def _head(label: str, run: Run, first: Estimate) -> list:
+    return [label, run.args["dataset"], first.sources, first.pairs]
+
+
+def table_rows(runs: list[Run], pm: str = "±", ci: bool = False) -> dict[str, list]:
+    """The rows of every table these runs allow, by table: "1" (full_eval), "2" (triangles),
+    "2b" (limbs and chords), "3" (transfer), "examples" (Table 1 over example pairs). Each row
+    is [label, dataset, sources, pairs, cell, ...]; a cell is mean ± std or, with ci, mean
+    [95% interval over sources] (`lst.uncertainty`). all_confs runs give no row."""
     shown = [r for r in runs if r.kind in ("full_eval", "examples")]
-    rows1, rows2, rows_examples = [], [], []
+    rows = {"1": [], "2": [], "2b": [], "3": [], "examples": []}
     for label, run in zip(labels(shown), shown):
-        res, head = run.results, [label, run.args["dataset"]]
-        if run.kind == "examples":
-            pairs = _examples_pairs(res)
-            n = len(pairs["final_confs"])
-            rows_examples.append(head + [n] + [mean_std(pairs[key], pm) for _, key in TABLE1])
-            continue
-        kept = np.asarray(res["kept"], dtype=bool)
-        rows1.append(head + [int(kept.sum())]
-                     + [mean_std(np.asarray(res[key])[kept], pm) for _, key in TABLE1])
-        if "hull_stats" in res:
-            stats = res["hull_stats"]
-            n_sources = int(np.isfinite(np.asarray(stats["p_src"], dtype=float)).sum())
-            rows2.append(head + [n_sources] + [mean_std(stats[key], pm) for _, key in TABLE2])
-    return rows1, rows2, rows_examples
+        res = run.results
+        use, sources = _pair_columns(run)
+        cells = [estimate(_table1_values(run, key)[use], sources[use]) for _, key in TABLE1]
+        rows["1" if run.kind == "full_eval" else "examples"].append(
+            _head(label, run, cells[1]) + [c.show(ci, pm) for c in cells])
+        rows["3"] += _transfer_rows(label, run, use, sources, pm, ci)
+        per_source = {"2": (res.get("hull_stats"), TABLE2), "2b": (res.get("segment_stats"), TABLE2B)}
+        for table, (stats, columns) in per_source.items():
+            if stats is None:
+                continue
+            cells = [estimate(stats[key]) for _, key in columns]
+            n_pairs = math.comb(int(run_arguments(run.args).get("rounds", 2)), 2)
+            head = [label, run.args["dataset"], cells[0].sources, cells[0].sources * n_pairs]
+            rows[table].append(head + [c.show(ci, pm) for c in cells])
+    return rows
 
 
-def format_tables(runs: list[Run], fmt: str = "plain") -> str:
-    """The tables of these runs as text (fmt: plain, github, latex or html), titles included."""
+def _transfer_rows(label: str, run: Run, use: np.ndarray, sources: np.ndarray, pm: str,
+                   ci: bool) -> list[list]:
+    """Table 3 rows of one run: for each judge (the model itself first), its view of the blind
+    spots and of the raw targets of the kept pairs."""
+    res = run.results
+    if "transfer_models" not in res:
+        return []
+    judges = [run.args["model"]] + list(res["transfer_models"])
+    src = np.broadcast_to(np.asarray(res["labels"]).reshape(-1, *[1] * (use.ndim - 1)), use.shape)
+    tgt = (np.asarray(res["target_labels"]) if run.kind == "full_eval"
+           else np.broadcast_to(np.asarray(res["labels"])[None, :], use.shape))
+    out = []
+    for j, name in enumerate(judges):
+        for images, prefix in (("blind spots", "transfer_"), ("raw targets", "transfer_baseline_")):
+            pred = np.asarray(res[f"{prefix}pred"])[..., j][use]
+            cells = [estimate((pred == src[use]).astype(float), sources[use]),
+                     estimate((pred == tgt[use]).astype(float), sources[use]),
+                     estimate(((pred != src[use]) & (pred != tgt[use])).astype(float), sources[use]),
+                     estimate(np.asarray(res[f"{prefix}source_conf"])[..., j][use], sources[use])]
+            judge = model_label({"model": name}) + (" (itself)" if j == 0 else "")
+            out.append([label, run.kind, judge, images, cells[0].sources, cells[0].pairs]
+                       + [c.show(ci, pm) for c in cells])
+    return out
+
+
+def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
+    """The tables of these runs as text (fmt: plain, github, latex or html), titles included;
+    ci: 95% bootstrap intervals over sources instead of ± std."""
     pm = r"$\pm$" if fmt == "latex" else "±"
-    rows1, rows2, rows_examples = table_rows(runs, pm)
+    rows = table_rows(runs, pm, ci)
+    spread = "mean [95% CI, sources resampled]" if ci else "mean ± std"
 
-    def table(rows: list, columns: list[tuple[str, str]]) -> str:
-        headers = ["model", "dataset", "n"] + [h for h, _ in columns]
+    def table(table_rows: list, headers: list[str]) -> str:
         if fmt == "latex":
             headers = [h.replace("_", r"\_").replace(">", "$>$") for h in headers]
-        return tabulate(rows, headers=headers, tablefmt=FORMATS[fmt])
+        return tabulate(table_rows, headers=headers, tablefmt=FORMATS[fmt])
 
+    head = ["model", "dataset", "sources", "pairs"]
     out = []
-    if rows1:
-        out += ["Table 1: blind spots vs. their targets (mean ± std over kept pairs; n kept pairs)",
-                table(rows1, TABLE1)]
-        if rows2:
-            out += ["", "Table 2: source-class confidence over triangles (source, two blind "
-                    "spots); mean ± std over sources (n sources)", table(rows2, TABLE2)]
+    if rows["1"]:
+        out += [f"Table 1: blind spots vs. their targets ({spread} over kept pairs; n = sources, "
+                "kept pairs)", table(rows["1"], head + [h for h, _ in TABLE1])]
+        if rows["2"]:
+            out += ["", f"Table 2: source-class confidence over triangles (source, two blind "
+                    f"spots); {spread} over sources (n = sources, triangles)",
+                    table(rows["2"], head + [h for h, _ in TABLE2])]
         else:
             out += ["", "Table 2: no hull statistics in these files (run full_eval with "
                     "--get_final_imgs)"]
-    if rows_examples:
+    if rows["2b"]:
+        out += ["", "Table 2b: star-like or convex? Fraction of a source's limbs (source -> blind "
+                "spot) and chords (blind spot -> blind spot) whose minimum over 21 points stays "
+                f"above p_src - delta; {spread} over sources (n = sources, chords)",
+                table(rows["2b"], head + [h for h, _ in TABLE2B])]
+    if rows["examples"]:
         out += ([""] if out else []) + [
-            "Table 1 over the example pairs (--examples; mean ± std over kept pairs, n pairs)",
-            table(rows_examples, TABLE1)]
+            f"Table 1 over the example pairs (--examples; {spread} over kept pairs; n = sources, "
+            "kept pairs)", table(rows["examples"], head + [h for h, _ in TABLE1])]
+    if rows["3"]:
+        out += ([""] if out else []) + [
+                "Table 3: blind spots of A judged by B: fraction of kept pairs B classifies as "
+                f"the source, the target or another class, and B's source-class confidence; "
+                f"{spread}; the raw targets are the baseline",
+                table(rows["3"], ["blind spots of A", "run", "judged by B", "images", "sources",
+                                  "pairs"]
+                      + [h for h, _ in TABLE3])]
     return "\n".join(out)
+
+
+def delta_curves(runs: list[Run]) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(label, mean, low, high) over `DELTA_CURVE` for every run with triangle confidences
+    (a full_eval's _all_confs.pkl): the fraction of triangle points above p_src - delta, mean
+    over sources with its 95% bootstrap interval over sources."""
+    with_confs = [r for r in runs if r.kind == "all_confs"]
+    out = []
+    for label, run in zip(labels(with_confs), with_confs):
+        per_source = delta_curve(run.results["hull_confs"])
+        cells = [estimate(per_source[:, k]) for k in range(len(DELTA_CURVE))]
+        out.append((label, *(np.array([getattr(c, f) for c in cells])
+                             for f in ("mean", "low", "high"))))
+    return out

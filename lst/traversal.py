@@ -54,7 +54,9 @@ class LSTSettings:
     log_step: int = field(default=10, metadata={"help": "record every L iterations"})
     get_confs_over_path: bool = field(default=False, metadata={
         "help": "record source- and target-class confidence along the path"})
-    get_images: bool = field(default=False, metadata={"help": "record images along the path"})
+    get_images: bool = field(default=False, metadata={
+        "help": "record images along the path (and with them the confidences, as "
+                "get_confs_over_path does)"})
     get_widths: bool = field(default=False, metadata={"help": "record path widths along the path"})
     width_distances: tuple[float, ...] = field(default=(5.0, 10.0, 15.0, 20.0, 25.0, 30.0), metadata={
         "help": "L2 distances r of the path widths"})
@@ -113,7 +115,7 @@ class LSTResult:
     accept_rate: (N,) float32: fraction of iterations whose step was accepted.
     log_iters: (R,) int64: the iterations recorded (0, L, 2L, ... < iters).
     confs_over_path: (N,R,2) float32 or None: source- and target-class confidence at each
-        recorded iterate (before its step).
+        recorded iterate (before its step); recorded with get_confs_over_path or get_images.
     images_over_path: (N,R,C,H,W) uint8 or None: the recorded iterates, 8-bit to stay compact.
     widths: (N,R,len(width_distances)+1,2) float32 or None: path widths (see `path_widths`).
     All tensors except final_images are on the CPU.
@@ -260,14 +262,14 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                          f"{[ids[i] for i in broken.nonzero().flatten().tolist()]}")
     kept = probs_src.argmax(dim=1) == y
     init_confs = probs_src.gather(1, y.view(-1, 1)).squeeze(1)
-    if settings.get_confs_over_path and target_labels is None:
+    record_confs = settings.get_confs_over_path or settings.get_images
+    if record_confs and target_labels is None:
         target_labels = predict(model, x_tgt)[0]
     y_tgt = None if target_labels is None else target_labels.to(device, torch.int64)
 
     log_iters = torch.arange(0, settings.iters, settings.log_step)
-    recording = settings.get_confs_over_path or settings.get_images or settings.get_widths
-    n_logs = len(log_iters) if recording else 0
-    confs_over_path = torch.zeros(n, n_logs, 2) if settings.get_confs_over_path else None
+    n_logs = len(log_iters) if record_confs or settings.get_widths else 0
+    confs_over_path = torch.zeros(n, n_logs, 2) if record_confs else None
     images_over_path = (torch.zeros(n, n_logs, *sources.shape[1:], dtype=torch.uint8)
                         if settings.get_images else None)
     widths = (torch.zeros(n, n_logs, len(settings.width_distances) + 1, 2)

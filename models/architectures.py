@@ -1,8 +1,15 @@
 """The project's own small architectures, all taking [0,1] images (normalisation inside)."""
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+from timm.layers import HybridEmbed
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class Normalized(nn.Module):
@@ -61,8 +68,8 @@ class ResNet20(nn.Module):
 
     def __init__(self, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
         layers: list[nn.Module] = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                                    nn.ReLU()]
         c_in = width
@@ -77,4 +84,26 @@ class ResNet20(nn.Module):
         return self.classifier(self.features((x - self.mean) / self.std))
 
 
-ARCHITECTURES = {"smallcnn": SmallCNN, "resnet20": ResNet20}
+def vit(num_classes: int = 10, dim: int = 192, depth: int = 4, heads: int = 3) -> nn.Module:
+    """A small vision transformer for 32x32 images: (N,3,32,32) in [0,1] -> (N,num_classes).
+
+    timm's `VisionTransformer` with a convolutional stem as its patch embedding (timm's
+    `HybridEmbed`; the stem of the paper's adversarially trained "ViT-S-ConvStem", scaled down):
+    two stride-2 conv-BN-ReLU layers (3 -> 32 -> 64 channels) bring 32x32 to an 8x8 grid, a 1x1
+    projection makes 64 tokens of width `dim`; `depth` pre-norm blocks with `heads` heads and MLP
+    ratio 2; no class token, the tokens' mean feeds the linear head. CIFAR-10 normalisation inside.
+    Attention runs as explicit matrix products: on CPU, PyTorch's fused attention kernel took
+    45% of a training step at this size, and the explicit form made a bf16 step 1.7x faster
+    (the function computed is the same).
+    """
+    stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+    model = VisionTransformer(img_size=32, patch_size=1, num_classes=num_classes, embed_dim=dim,
+                              depth=depth, num_heads=heads, mlp_ratio=2.0, class_token=False,
+                              global_pool="avg", embed_layer=partial(HybridEmbed, backbone=stem))
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    return Normalized(model, CIFAR10_MEAN, CIFAR10_STD)
+
+
+ARCHITECTURES = {"smallcnn": SmallCNN, "resnet20": ResNet20, "vit": vit}

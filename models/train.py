@@ -6,6 +6,8 @@
         --bf16 --channels_last --out resnet20.pt
     python -m models.train resnet20 cifar10 --data_path ../shared/data/cifar10 --epochs 20 \
         --lr 0.05 --init resnet20.pt --out resnet20-b.pt   # a warm restart from resnet20.pt
+    python -m models.train vit cifar10 --data_path ../shared/data/cifar10 --optimizer adamw \
+        --lr 1e-3 --weight_decay 0.05 --label_smoothing 0.1 --epochs 60 --bf16 --out vit.pt
 
 (the exact commands of the shipped weights: models/MODEL_CARD.md)
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
 from torch import nn
 
 from lst.batching import chunks
@@ -86,14 +89,22 @@ def evenly_spaced(total: int, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float = 8 / 255,
-             pgd_steps: int = 20, pgd_samples: int = 1000, batch_size: int = 500) -> dict:
-    """Clean accuracy on all images; PGD-`pgd_steps` (step eps/4) accuracy on `pgd_samples`
-    images chosen by `evenly_spaced`."""
+def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   batch_size: int = 500) -> float:
+    """Fraction of (N,C,H,W) uint8 `images` that `model` (put in eval mode) classifies right."""
     model.eval()
     correct = 0
     for part in chunks(len(images), batch_size):
         correct += (model(images[part].float() / 255).argmax(1) == labels[part]).sum().item()
+    return correct / max(len(images), 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float = 8 / 255,
+             pgd_steps: int = 20, pgd_samples: int = 1000, batch_size: int = 500) -> dict:
+    """Clean accuracy on all images; PGD-`pgd_steps` (step eps/4) accuracy on `pgd_samples`
+    images chosen by `evenly_spaced`."""
+    clean_acc = clean_accuracy(model, images, labels, batch_size)
     robust = 0
     spread = evenly_spaced(len(images), pgd_samples)
     n_pgd = len(spread)
@@ -102,7 +113,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ep
         x, y = images[spread[part]].float() / 255, labels[spread[part]]
         x_adv = pgd_attack(model, x, y, eps, eps / 4, pgd_steps, generator)
         robust += (model(x_adv).argmax(1) == y).sum().item()
-    return {"clean_acc": correct / len(images), "pgd_acc": robust / max(n_pgd, 1),
+    return {"clean_acc": clean_acc, "pgd_acc": robust / max(n_pgd, 1),
             "pgd_steps": pgd_steps, "pgd_samples": n_pgd, "eps": eps}
 
 
@@ -139,8 +150,11 @@ def train(args: argparse.Namespace) -> dict:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                                weight_decay=args.weight_decay)
+    if args.optimizer == "adamw":  # timm's: no weight decay on biases and norm layers
+        optimizer = create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                                    weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr,
                                                     total_steps=args.epochs * steps_per_epoch)
     ckpt_path = Path(str(args.out) + ".ckpt")
@@ -158,6 +172,7 @@ def train(args: argparse.Namespace) -> dict:
         start_epoch, elapsed = ckpt["epoch"], ckpt["elapsed"]
         log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
 
+    watch = evenly_spaced(len(x_test), 1000)  # a progress check after every epoch
     eps, alpha = args.eps, args.adv_step_size or (args.eps / 4 if args.adv == "pgd" else 1.25 * args.eps)
     for epoch in range(start_epoch, args.epochs):
         model.train()
@@ -179,18 +194,20 @@ def train(args: argparse.Namespace) -> dict:
                     steps = args.pgd_steps if args.adv == "pgd" else 1
                     x = pgd_attack(model, x, y, eps, alpha, steps, generator)
                     model.train()
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(model(x), y, label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         elapsed += time.time() - started
         atomic_torch_save({"settings": settings, "model": model.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "generator": generator.get_state(), "epoch": epoch + 1,
                            "elapsed": elapsed}, ckpt_path)
-        log.info("epoch %d done, %.0f s so far", epoch + 1, elapsed)
+        log.info("epoch %d done, %.0f s so far; last loss %.3f, clean accuracy %.3f on %d test "
+                 "images", epoch + 1, elapsed, loss.item(),
+                 clean_accuracy(model, x_test[watch], y_test[watch]), len(watch))
 
     model = model.to(memory_format=torch.contiguous_format).eval()
     meta = {"arch": args.arch, "dataset": args.dataset, "adv": args.adv, "epochs": args.epochs,
@@ -228,6 +245,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight_decay", type=float, default=5e-4)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                   help="sgd: Nesterov momentum 0.9; adamw: timm's (no decay on biases and norms)")
+    p.add_argument("--label_smoothing", type=float, default=0.0)
     p.add_argument("--adv", choices=["none", "pgd", "fgsm"], default="none")
     p.add_argument("--eps", type=float, default=8 / 255)
     p.add_argument("--pgd_steps", type=int, default=5, help="PGD steps per training batch")

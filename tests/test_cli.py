@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 
 import level_set_traversal as cli
@@ -38,6 +39,8 @@ def examples_dir(tmp_path_factory):
 def test_examples_stem_is_the_papers_with_a_run_id():
     assert re.fullmatch(r"smallcnn-normal_shapes_0-1-2_stepsize-0\.05_6iters_advstepsize-0_k[0-9a-f]{7}",
                         EXAMPLE_STEM), EXAMPLE_STEM
+    # judges are part of a run's identity: their numbers are in its results file
+    assert stem_for(EXAMPLE_ARGS + ["--transfer_models", "smallcnn-linf"]) != EXAMPLE_STEM
 
 
 def test_examples_write_results_targets_and_figures(examples_dir):
@@ -59,6 +62,10 @@ def test_examples_write_results_targets_and_figures(examples_dir):
     assert r["final_confs"].shape == (3, 3) and r["hull_confs"].shape == (3, 3, 66)
     assert r["widths"].shape == (3, 3, 2, 3, 2) and r["images_over_path"].dtype == np.uint8
     np.testing.assert_allclose(r["blind_spots"][1, 1], r["images"][1])  # diagonal: originals
+    # the path as an animation: one frame per recorded iterate and one for the blind spot
+    gif = Image.open(examples_dir / f"{stem}_path.gif")
+    assert gif.format == "GIF" and gif.n_frames == len(r["log_iters"]) + 1
+    assert (examples_dir / f"{stem}_path.gif").stat().st_size < 300_000
     off = ~np.eye(3, dtype=bool)
     assert (r["final_confs"][off] >= r["init_confs"][:, None].repeat(3, 1)[off] - 0.05).all()
     # each source's triangle (source, blind spot a, blind spot b): its vertices are the source
@@ -127,6 +134,10 @@ def test_full_eval_files_and_tables(tmp_path, capsys):
     assert results["final_confs"].shape == (12, 3) and results["final_images"].shape == (12, 3, 3, 32, 32)
     assert (results["labels"][:, None] != results["target_labels"]).all()
     assert all_confs["hull_confs"].shape == (12, 3, 66)
+    assert all_confs["limb_confs"].shape == (12, 3, 21) and all_confs["chord_confs"].shape == (12, 3, 21)
+    assert set(results["segment_stats"]) == {f"{k}_kept_{d}" for k in ("limbs", "chords")
+                                             for d in ("0.05", "0.1", "0.2")}
+    assert set(results["seconds"]) == {"traversal", "transfer", "triangles", "limbs_chords"}
     assert set(results["hull_stats"]) >= {"p_src", "mean", "frac_above_0.2", "edge_min"}
     # every triangle starts at its source: grid row 0 is the source's own confidence
     np.testing.assert_allclose(all_confs["hull_confs"][:, :, 0], results["init_confs"], atol=1e-4)
@@ -136,8 +147,9 @@ def test_full_eval_files_and_tables(tmp_path, capsys):
     assert "SmallCNN (AT)" in printed and "Table 2" in printed and "LPIPS" in printed
     row1 = [line for line in printed.splitlines() if line.startswith("| SmallCNN")][0]
     cells = [c.strip() for c in row1.strip("|").split("|")]
-    assert len(cells) == 9 and cells[2] == str(int(results["kept"].sum()))  # n: kept pairs
-    for cell in cells[3:8]:  # p0 .. SSIM are finite numbers (LPIPS may be n/a offline)
+    # n: sources, kept pairs
+    assert len(cells) == 10 and cells[2:4] == ["12", str(int(results["kept"].sum()))]
+    for cell in cells[4:9]:  # p0 .. SSIM are finite numbers (LPIPS may be n/a offline)
         mean, std = (float(v) for v in cell.split("±"))
         assert np.isfinite(mean) and np.isfinite(std)
     assert print_tables.main([str(tmp_path / "*_fulleval_dict.pkl")]) == 0
@@ -167,6 +179,10 @@ BAD_INPUTS = [
     (["smallcnn-normal", "shapes"], "one of the arguments --examples --full_eval is required"),
     (["smallcnn-normal", "shapes", "--examples", "--iters", "many"], "invalid int value"),
     (["smallcnn-normal", "shapes", "--examples", "--device", "cuda"], "no CUDA device"),
+    (["smallcnn-normal", "shapes", "--examples", "--transfer_models", "smallcnn-normal"],
+     "other models than the traversed one"),
+    (["smallcnn-normal", "shapes", "--examples", "--transfer_models", "resnet20-normal"],
+     "unknown model 'resnet20-normal' for shapes"),
 ]
 
 

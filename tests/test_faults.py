@@ -106,9 +106,9 @@ def test_a_pthresh_sweep_keeps_three_results_files_and_three_rows(sweep, capsys)
     printed = capsys.readouterr().out
     for p in SWEEP:
         rows = [line for line in printed.splitlines() if f"pthresh={float(p):g} " in line]
-        assert len(rows) == 2, printed  # one in Table 1, one in Table 2
-        n_pairs, n_sources = (row.split("|")[3].strip() for row in rows)
-        assert n_pairs == "16" and n_sources == "8"
+        assert len(rows) == 3, printed  # one in each of Tables 1, 2 and 2b
+        n = [(row.split("|")[3].strip(), row.split("|")[4].strip()) for row in rows]
+        assert n == [("8", "16"), ("8", "8"), ("8", "8")]  # sources; kept pairs, triangles, chords
 
 
 def test_the_same_run_again_is_already_done_and_overwrite_recomputes(sweep):

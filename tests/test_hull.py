@@ -1,9 +1,13 @@
+from itertools import combinations
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import lst
+from lst.hull import (SEGMENT_DELTAS, delta_curve, limbs_and_chords, segment_grid, segment_stats,
+                      triangle_edges)
 from tests.conftest import frozen, linear_classifier
 
 
@@ -128,3 +132,72 @@ def test_segment_confidences_endpoints(cnn):
     assert confs.shape == (3, 11)
     torch.testing.assert_close(confs[:, 0], lst.class_confidence_of(cnn, starts, labels))
     torch.testing.assert_close(confs[:, -1], lst.class_confidence_of(cnn, ends, labels))
+
+
+def _spot(u: float, v: float) -> torch.Tensor:
+    """A (3,4,4) image whose top half is 0.5 + u and bottom half 0.5 + v (ProductModel's u, v)."""
+    image = torch.full((3, 4, 4), 0.5)
+    image[:, :2] += u
+    image[:, 2:] += v
+    return image
+
+
+def _literal_segment_fractions(model, source, spots, pairs, deltas):
+    """Table 2b by a plain loop: every segment, 21 points one by one, its minimum against p_src."""
+    def conf(x):
+        return torch.softmax(model(x[None]), dim=1)[0, 0].item()
+
+    def minimum(start, end):
+        return min(conf((1 - k / 20) * start + (k / 20) * end) for k in range(21))
+
+    p_src = conf(source)
+    limb_mins = [minimum(source, s) for s in spots]
+    chord_mins = [minimum(spots[a], spots[b]) for a, b in pairs]
+    return {d: (np.mean([m > p_src - d for m in limb_mins]),
+                np.mean([m > p_src - d for m in chord_mins])) for d in deltas}
+
+
+def test_limbs_and_chords_match_a_literal_loop_star_like_not_convex():
+    """Blind spots on the axes u = 0 or v = 0 keep p_0 = sigmoid(2) on their limbs; chords between
+    the two axes pass through u v > 0 and dip; a blind spot off the axes fails at small delta."""
+    model = ProductModel()
+    source = _spot(0, 0)
+    spots = torch.stack([_spot(0.5, 0), _spot(0, 0.5), _spot(0.3, 0), _spot(0.25, 0.25),
+                         _spot(0.12, 0.12)])
+    pairs = list(combinations(range(len(spots)), 2))
+    triangles = lst.source_hull_confidences(model, source, 0, spots, pairs)
+    limbs, chords = limbs_and_chords(model, source, 0, spots, pairs, triangles, chunk_size=7)
+    stats = segment_stats(limbs[None].numpy(), chords[None].numpy())
+    expected = _literal_segment_fractions(model, source, spots, pairs, SEGMENT_DELTAS)
+    for d, (limbs_kept, chords_kept) in expected.items():
+        assert stats[f"limbs_kept_{d:g}"][0] == pytest.approx(limbs_kept)
+        assert stats[f"chords_kept_{d:g}"][0] == pytest.approx(chords_kept)
+    # guard: the level set is star-like but not convex here, and delta matters
+    assert expected[0.2][0] > expected[0.2][1] > 0
+    assert expected[0.05][0] < expected[0.2][0] and expected[0.05][1] < expected[0.2][1]
+    # the even points are the triangles' edge points, the odd ones new; together the segments
+    edges = triangle_edges()
+    assert torch.equal(chords[:, ::2], triangles[:, edges["chord"]])
+    direct = lst.segment_confidences(model, spots[[a for a, _ in pairs]], spots[[b for _, b in pairs]],
+                                     torch.zeros(len(pairs), dtype=torch.int64))
+    torch.testing.assert_close(chords, direct, atol=1e-6, rtol=0)
+    direct = lst.segment_confidences(model, source.expand_as(spots), spots,
+                                     torch.zeros(len(spots), dtype=torch.int64))
+    torch.testing.assert_close(limbs, direct, atol=1e-6, rtol=0)
+
+
+def test_segment_grid_even_points_are_triangle_edge_points():
+    grid, seg = lst.triangle_grid(10), segment_grid(20)
+    edges = triangle_edges(10)
+    assert torch.equal(seg[::2, 1], grid[edges["chord"], 2])  # weight of the second blind spot
+    assert torch.equal(seg[::2, 0], grid[edges["first"], 0])  # weight of the source
+    assert torch.equal(seg[::2, 1], grid[edges["first"], 1])
+
+
+def test_delta_curve_counts_points_per_source():
+    confs = np.array([[[0.9, 0.9, 0.5, 0.8]], [[0.6, 0.1, 0.6, 0.7]]])  # (N=2, M=1, P=4)
+    curve = delta_curve(confs, deltas=[0.0, 0.05, 0.15, 0.5, 1.0])
+    np.testing.assert_allclose(curve[0], [0, 0.5, 0.75, 1, 1])  # p > 0.9 - d
+    np.testing.assert_allclose(curve[1], [0.25, 0.75, 0.75, 1, 1])  # p > 0.6 - d
+    with_nan = np.concatenate([confs, np.full((2, 1, 4), np.nan)], axis=1)
+    np.testing.assert_allclose(delta_curve(with_nan, [0.0, 0.15]), curve[:, [0, 2]])

@@ -25,7 +25,8 @@ def mixed_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("mixed")
     assert cli.main(["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
                      "--out_dir", str(out), *FAST]) == 0
-    for extra in (["--get_final_imgs"], ["--pthresh", "0.3"]):
+    for extra in (["--get_final_imgs", "--transfer_models", "smallcnn-normal"],
+                  ["--pthresh", "0.3"]):
         assert cli.main(["smallcnn-linf", "shapes", "--full_eval", "--num_samples", "6",
                          "--rounds", "2", "--out_dir", str(out), *FAST, *extra]) == 0
     return out
@@ -37,17 +38,52 @@ def test_tables_of_a_mixed_folder(mixed_folder, capsys):
     assert "Table 1 over the example pairs" in printed and "Table 2" in printed
     runs = [load_run(p) for p in sorted(mixed_folder.glob("*.pkl"))]
     assert sorted(r.kind for r in runs) == ["all_confs", "examples", "full_eval", "full_eval"]
-    rows1, rows2, rows_examples = table_rows(runs)
-    assert [r[2] for r in rows1] == [12, 12] and [r[2] for r in rows2] == [6]
-    assert rows_examples[0][2] == 6  # 3 classes: 6 ordered pairs, all kept
-    assert rows1[0][0] != rows1[1][0]  # the two full_eval runs are told apart
+    rows = table_rows(runs)
+    # n: sources, then pairs (kept pairs in Table 1, triangles in Table 2)
+    assert [r[2:4] for r in rows["1"]] == [[6, 12], [6, 12]]
+    assert [r[2:4] for r in rows["2"]] == [[6, 6]] and [r[2:4] for r in rows["2b"]] == [[6, 6]]
+    assert rows["examples"][0][2:4] == [3, 6]  # 3 classes: 6 ordered pairs, all kept
+    assert rows["1"][0][0] != rows["1"][1][0]  # the two full_eval runs are told apart
     examples = next(r for r in runs if r.kind == "examples").results
     off = ~np.eye(3, dtype=bool)
-    mean = float(rows_examples[0][4].split("±")[0])  # final conf. over the six pairs
+    mean = float(rows["examples"][0][5].split("±")[0])  # final conf. over the six pairs
     assert mean == pytest.approx(examples["final_confs"][off].mean(), abs=5e-4)
     # the natural glob reads the companions too, and skips them quietly
     assert print_tables.main([str(mixed_folder / "*.pkl")]) == 0
     assert capsys.readouterr().out == printed
+
+
+def test_table3_counts_what_each_judge_says(mixed_folder):
+    run = next(load_run(p) for p in mixed_folder.glob("*_fulleval_dict.pkl")
+               if "transfer_models" in load_run(p).results)
+    res = run.results
+    rows = table_rows([run])["3"]
+    assert [r[2] for r in rows] == ["SmallCNN (AT) (itself)"] * 2 + ["SmallCNN"] * 2
+    assert [r[3] for r in rows] == ["blind spots", "raw targets"] * 2
+    kept = res["kept"]
+    for row, (j, prefix) in zip(rows, [(0, "transfer_"), (0, "transfer_baseline_"),
+                                       (1, "transfer_"), (1, "transfer_baseline_")]):
+        pred = res[f"{prefix}pred"][..., j][kept]
+        source = np.broadcast_to(res["labels"][:, None], kept.shape)[kept]
+        target = res["target_labels"][kept]
+        expected = [(pred == source).mean(), (pred == target).mean(),
+                    ((pred != source) & (pred != target)).mean(),
+                    res[f"{prefix}source_conf"][..., j][kept].mean()]
+        assert row[4:6] == [6, int(kept.sum())]
+        assert [float(c.split("±")[0]) for c in row[6:]] == pytest.approx(expected, abs=5e-4)
+
+
+def test_ci_and_the_delta_curve(mixed_folder, tmp_path, capsys):
+    figure = tmp_path / "delta.png"
+    assert print_tables.main([str(mixed_folder), "--ci", "--plot", str(figure)]) == 0
+    printed = capsys.readouterr().out
+    assert "Table 2b" in printed and "Table 3" in printed and "±" not in printed
+    assert "95% CI, sources resampled" in printed
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    without = [str(p) for p in mixed_folder.glob("*_dict.pkl")]  # no _all_confs.pkl
+    assert print_tables.main(without + ["--plot", str(tmp_path / "none.png")]) == 2
+    assert "_all_confs.pkl" in capsys.readouterr().err
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_a_file_that_is_not_a_results_file_is_one_line(mixed_folder, tmp_path, capsys):
