@@ -9,15 +9,20 @@
 A model maps [0,1] images (N,C,H,W) to logits; every computation runs on the model's device.
 """
 from .confidence import class_confidence_of, model_device, predict, probabilities
-from .hull import (HULL_DELTAS, hull_confidences, hull_stats, segment_confidences,
-                   source_hull_confidences, source_hull_stats, triangle_grid)
+from .hull import (HULL_DELTAS, delta_curve, hull_confidences, hull_stats, limbs_and_chords,
+                   segment_confidences, segment_stats, source_hull_confidences, source_hull_stats,
+                   triangle_grid)
 from .metrics import image_distances, lpips_network
+from .transfer import judge
 from .traversal import LSTResult, LSTSettings, initial_noise, level_set_traversal, orthogonal_step
+from .uncertainty import estimate
 from .widths import path_widths, random_orthogonal_directions
 
 __all__ = [
-    "HULL_DELTAS", "LSTResult", "LSTSettings", "class_confidence_of", "hull_confidences", "hull_stats",
-    "image_distances", "initial_noise", "level_set_traversal", "lpips_network", "model_device",
-    "orthogonal_step", "path_widths", "predict", "probabilities", "random_orthogonal_directions",
-    "segment_confidences", "source_hull_confidences", "source_hull_stats", "triangle_grid",
+    "HULL_DELTAS", "LSTResult", "LSTSettings", "class_confidence_of", "delta_curve", "estimate",
+    "hull_confidences", "hull_stats", "image_distances", "initial_noise", "judge",
+    "level_set_traversal", "limbs_and_chords", "lpips_network", "model_device", "orthogonal_step",
+    "path_widths", "predict", "probabilities", "random_orthogonal_directions",
+    "segment_confidences", "segment_stats", "source_hull_confidences", "source_hull_stats",
+    "triangle_grid",
 ]

@@ -15,7 +15,8 @@ from .confidence import confidences_of, model_device
 HULL_DELTAS = (0.0, 0.1, 0.2, 0.3)
 SEGMENT_DELTAS = (0.05, 0.1, 0.2)  # Table 2b: a limb or chord is kept while p > p_src - delta
 SEGMENT_POINTS = 21
-DELTA_CURVE = np.round(np.linspace(0, 1, 101), 2)  # the deltas of the delta-curve figure
+# the deltas of the delta-curve figure: steps of 0.001 up to 0.1, then of 0.01
+DELTA_CURVE = np.unique(np.round(np.r_[np.linspace(0, 0.1, 101), np.linspace(0.1, 1, 91)], 3))
 
 
 def triangle_grid(n: int = 10) -> torch.Tensor:

@@ -8,12 +8,14 @@ Indices: blind_spots[s, t] is source s's blind spot towards target t; K = number
 from __future__ import annotations
 
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
@@ -276,12 +278,15 @@ def plot_delta_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, np.nda
                       deltas: np.ndarray, path: Path) -> Path:
     """The delta curve: fraction of triangle points with p > p_src - delta against delta, one
     line per run (label, mean, low, high over deltas) with its 95% band over sources."""
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, mean, low, high in curves:
-        line, = ax.plot(deltas, mean, linewidth=1.8, label=label)
+        line, = ax.plot(deltas, mean, linewidth=1.8, label=textwrap.fill(label, 45))
         ax.fill_between(deltas, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
-    ax.set_xlabel(r"$\delta$")
-    ax.set_ylabel(r"fraction of triangle points with $p > p_{src} - \delta$")
+    ax.set_xscale("symlog", linthresh=1e-3, linscale=0.4)  # most of the change is at small delta
+    ax.set_xticks([0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set_xlabel(r"$\delta$ (linear below 0.001, logarithmic above)")
+    ax.set_ylabel(r"fraction of points with $p > p_{src} - \delta$")
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7, loc="lower right")

@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from .hull import DELTA_CURVE, HULL_DELTAS, SEGMENT_DELTAS, delta_curve
 from .results import ResultsError, load_results
-from .uncertainty import Estimate, estimate
+from .uncertainty import estimate
 
 ARCH_NAMES = {"resnet50": "ResNet-50", "deit_small_patch16_224": "DeiT-S", "wideresnet": "WRN-28-10",
               "resnet20": "ResNet-20", "smallcnn": "SmallCNN", "vit": "ViT"}
@@ -32,8 +32,7 @@ TABLE2 = ([("p_src", "p_src"), ("mean conf.", "mean")]
           + [("edge mean", "edge_mean"), ("edge min (p-p_src)", "edge_min")])
 TABLE2B = [(f"{kind} kept d={d:g}", f"{kind}_kept_{d:g}") for d in SEGMENT_DELTAS
            for kind in ("limbs", "chords")]
-TABLE3 = [("as source", "source"), ("as target", "target"), ("as other", "other"),
-          ("B's p(source)", "source_conf")]
+TABLE3 = ["as source", "as target", "as other", "B's p(source)"]
 SUFFIXES = {"full_eval": "_fulleval_dict.pkl", "examples": "_examples_dict.pkl",
             "all_confs": "_all_confs.pkl"}
 
@@ -101,8 +100,10 @@ def row_labels(arguments: list[dict], base: list[str]) -> list[str]:
     'ResNet-20 (AT) pthresh=0.5', so that no two rows look alike."""
     names = sorted({k for a in arguments for k in a} - {"model", "dataset", "mode"})
     differing = [k for k in names if len({repr(a.get(k)) for a in arguments}) > 1]
-    # other models have other weights: name the weights only where one model's runs differ
-    implied = {"weights", "weights_file"}
+    # other models have other weights (and other judges): name these only where one model's
+    # runs differ
+    implied = {"weights", "weights_file", "transfer_models", "transfer_weights",
+               "transfer_weights_files"}
     differing = [k for k in differing if k not in implied or any(
         len({repr(a.get(k)) for a in arguments if a.get("model") == m}) > 1
         for m in {a.get("model") for a in arguments})]
@@ -142,10 +143,6 @@ def _table1_values(run: Run, key: str) -> np.ndarray:
     return value
 
 
-def _head(label: str, run: Run, first: Estimate) -> list:
-    return [label, run.args["dataset"], first.sources, first.pairs]
-
-
 def table_rows(runs: list[Run], pm: str = "±", ci: bool = False) -> dict[str, list]:
     """The rows of every table these runs allow, by table: "1" (full_eval), "2" (triangles),
     "2b" (limbs and chords), "3" (transfer), "examples" (Table 1 over example pairs). Each row
@@ -157,8 +154,9 @@ def table_rows(runs: list[Run], pm: str = "±", ci: bool = False) -> dict[str, l
         res = run.results
         use, sources = _pair_columns(run)
         cells = [estimate(_table1_values(run, key)[use], sources[use]) for _, key in TABLE1]
+        n = cells[1]  # final conf.: one value per kept pair
         rows["1" if run.kind == "full_eval" else "examples"].append(
-            _head(label, run, cells[1]) + [c.show(ci, pm) for c in cells])
+            [label, run.args["dataset"], n.sources, n.pairs] + [c.show(ci, pm) for c in cells])
         rows["3"] += _transfer_rows(label, run, use, sources, pm, ci)
         per_source = {"2": (res.get("hull_stats"), TABLE2), "2b": (res.get("segment_stats"), TABLE2B)}
         for table, (stats, columns) in per_source.items():
@@ -179,7 +177,7 @@ def _transfer_rows(label: str, run: Run, use: np.ndarray, sources: np.ndarray, p
     if "transfer_models" not in res:
         return []
     judges = [run.args["model"]] + list(res["transfer_models"])
-    src = np.broadcast_to(np.asarray(res["labels"]).reshape(-1, *[1] * (use.ndim - 1)), use.shape)
+    src = np.broadcast_to(np.asarray(res["labels"])[:, None], use.shape)
     tgt = (np.asarray(res["target_labels"]) if run.kind == "full_eval"
            else np.broadcast_to(np.asarray(res["labels"])[None, :], use.shape))
     out = []
@@ -235,8 +233,7 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
                 f"the source, the target or another class, and B's source-class confidence; "
                 f"{spread}; the raw targets are the baseline",
                 table(rows["3"], ["blind spots of A", "run", "judged by B", "images", "sources",
-                                  "pairs"]
-                      + [h for h, _ in TABLE3])]
+                                  "pairs"] + TABLE3)]
     return "\n".join(out)
 
 

@@ -272,3 +272,9 @@ def test_row_labels_name_only_what_differs():
     runs += [{"model": "resnet20-normal", "weights": "c", "pthresh": 0.5, "seed": 0}]
     assert lst.tables.row_labels(runs, ["N", "AT", "N2"]) == [
         "N pthresh=0.2 weights=a", "AT pthresh=0.2 weights=b", "N2 pthresh=0.5 weights=c"]
+    # two models judging each other: the judges follow the model, unless one model's runs differ
+    pair = [{"model": "a-normal", "transfer_models": ["a-linf"], "transfer_weights": ["x"]},
+            {"model": "a-linf", "transfer_models": ["a-normal"], "transfer_weights": ["y"]}]
+    assert lst.tables.row_labels(pair, ["N", "AT"]) == ["N", "AT"]
+    pair.append({"model": "a-normal"})
+    assert lst.tables.row_labels(pair, ["N", "AT", "N"])[2] == "N transfer_models=None transfer_weights=None"
