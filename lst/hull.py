@@ -30,6 +30,18 @@ def triangle_grid(n: int = 10) -> torch.Tensor:
     return torch.stack([(n - ij[:, 0] - ij[:, 1]) / n, a, b], dim=1)
 
 
+def triangle_edges(n: int = 10) -> dict[str, np.ndarray]:
+    """Row indices of `triangle_grid(n)` along the triangle (source, first, second)'s edges,
+    each (n+1,) ordered from its first vertex: "first" (source -> first, b = 0), "second"
+    (source -> second, a = 0) and "chord" (first -> second, a + b = 1)."""
+    grid = triangle_grid(n).numpy()
+    i, j = np.rint(grid[:, 1] * n).astype(int), np.rint(grid[:, 2] * n).astype(int)
+    row = {(a, b): r for r, (a, b) in enumerate(zip(i, j))}
+    return {"first": np.array([row[(k, 0)] for k in range(n + 1)]),
+            "second": np.array([row[(0, k)] for k in range(n + 1)]),
+            "chord": np.array([row[(n - k, k)] for k in range(n + 1)])}
+
+
 @torch.inference_mode()
 def hull_confidences(model: nn.Module, sources: torch.Tensor, first: torch.Tensor,
                      second: torch.Tensor, labels: torch.Tensor, n: int = 10,
@@ -80,10 +92,9 @@ def hull_stats(confs: torch.Tensor | np.ndarray, n: int = 10) -> dict[str, np.nd
     n+1 points each) and edge_min (minimum over those edges of p - p_src).
     """
     confs = np.asarray(confs, dtype=np.float64)
-    grid = triangle_grid(n).numpy()
-    a, b = grid[:, 1], grid[:, 2]
+    edges = triangle_edges(n)
     p_src = confs[:, 0]
-    edge_a, edge_b = confs[:, b == 0], confs[:, a == 0]
+    edge_a, edge_b = confs[:, edges["first"]], confs[:, edges["second"]]
     stats = {"p_src": p_src, "mean": confs.mean(axis=1)}
     for d in HULL_DELTAS:
         stats[f"frac_above_{d:g}"] = (confs > p_src[:, None] - d).mean(axis=1)
@@ -153,18 +164,6 @@ def segment_confidences(model: nn.Module, starts: torch.Tensor, ends: torch.Tens
 
     confs = confidences_of(model, make_images, point_labels, total, chunk_size, precision)
     return confs.view(len(starts), p).cpu()
-
-
-def triangle_edges(n: int = 10) -> dict[str, np.ndarray]:
-    """Row indices of `triangle_grid(n)` along the triangle (source, first, second)'s edges,
-    each (n+1,) ordered from its first vertex: "first" (source -> first, b = 0), "second"
-    (source -> second, a = 0) and "chord" (first -> second, a + b = 1)."""
-    grid = triangle_grid(n).numpy()
-    i, j = np.rint(grid[:, 1] * n).astype(int), np.rint(grid[:, 2] * n).astype(int)
-    row = {(a, b): r for r, (a, b) in enumerate(zip(i, j))}
-    return {"first": np.array([row[(k, 0)] for k in range(n + 1)]),
-            "second": np.array([row[(0, k)] for k in range(n + 1)]),
-            "chord": np.array([row[(n - k, k)] for k in range(n + 1)])}
 
 
 def limbs_and_chords(model: nn.Module, source: torch.Tensor, label: int, blind_spots: torch.Tensor,

@@ -256,7 +256,7 @@ def animate_path(results: dict, class_names: Sequence[str], source: int, target:
         xs = list(iters[:upto]) + ([final_iter] if k == len(iters) else [])
         last = [results["final_confs"][source, target]] if k == len(iters) else []
         src_line.set_data(xs, list(confs[:upto, 0]) + last)
-        tgt_line.set_data(xs, list(confs[:upto, 1]) + ([confs[-1, 1]] if last else []))
+        tgt_line.set_data(iters[:upto], confs[:upto, 1])  # not recorded at the blind spot
         return picture, src_line, tgt_line
 
     animation = FuncAnimation(fig, draw, frames=len(frames), blit=False)
