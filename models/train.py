@@ -159,7 +159,7 @@ def train(args: argparse.Namespace) -> dict:
                                                     total_steps=args.epochs * steps_per_epoch)
     ckpt_path = Path(str(args.out) + ".ckpt")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "num_workers", "argv")}
-    start_epoch, elapsed = 0, 0.0
+    start_epoch, elapsed, epoch_seconds = 0, 0.0, []
     generator = torch.Generator().manual_seed(args.seed)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -170,6 +170,7 @@ def train(args: argparse.Namespace) -> dict:
         scheduler.load_state_dict(ckpt["scheduler"])
         generator.set_state(ckpt["generator"])
         start_epoch, elapsed = ckpt["epoch"], ckpt["elapsed"]
+        epoch_seconds = ckpt.get("epoch_seconds", [])  # absent in checkpoints of before 2026-11-30
         log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
 
     watch = evenly_spaced(len(x_test), 1000)  # a progress check after every epoch
@@ -200,19 +201,22 @@ def train(args: argparse.Namespace) -> dict:
             optimizer.step()
             scheduler.step()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        elapsed += time.time() - started
+        # wall time: a process that was paused (or shared the cores) counts that time too
+        epoch_seconds.append(round(time.time() - started, 1))
+        elapsed += epoch_seconds[-1]
         atomic_torch_save({"settings": settings, "model": model.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "generator": generator.get_state(), "epoch": epoch + 1,
-                           "elapsed": elapsed}, ckpt_path)
-        log.info("epoch %d done, %.0f s so far; last loss %.3f, clean accuracy %.3f on %d test "
-                 "images", epoch + 1, elapsed, loss.item(),
+                           "elapsed": elapsed, "epoch_seconds": epoch_seconds}, ckpt_path)
+        log.info("epoch %d done in %.0f s, %.0f s so far; last loss %.3f, clean accuracy %.3f on "
+                 "%d test images", epoch + 1, epoch_seconds[-1], elapsed, loss.item(),
                  clean_accuracy(model, x_test[watch], y_test[watch]), len(watch))
 
     model = model.to(memory_format=torch.contiguous_format).eval()
     meta = {"arch": args.arch, "dataset": args.dataset, "adv": args.adv, "epochs": args.epochs,
             "seed": args.seed, "bf16": args.bf16, "channels_last": args.channels_last,
-            "train_seconds": round(elapsed, 1), "train_samples": len(x_train),
+            "train_seconds": round(elapsed, 1), "epoch_seconds": epoch_seconds,
+            "train_samples": len(x_train),
             "threads": torch.get_num_threads(), "init": init_meta,
             "command": "python -m models.train " + " ".join(shlex.quote(a) for a in args.argv)}
     meta.update(evaluate(model, x_test, y_test, eps=8 / 255, pgd_steps=args.eval_pgd_steps,

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 import pytest
+import torch
 
 import level_set_traversal as cli
 import print_tables
 import lst.tables
 from lst import LSTSettings
+from models import load_model
 from lst.results import load_results
 from tests.conftest import stem_for
 
@@ -278,3 +280,35 @@ def test_row_labels_name_only_what_differs():
     assert lst.tables.row_labels(pair, ["N", "AT"]) == ["N", "AT"]
     pair.append({"model": "a-normal"})
     assert lst.tables.row_labels(pair, ["N", "AT", "N"])[2] == "N transfer_models=None transfer_weights=None"
+
+
+SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 images not present")
+@pytest.mark.skipif(not (ROOT / "models" / "weights" / "vit-normal.pt").is_file(),
+                    reason="vit-normal is not trained and shipped yet (models/MODEL_CARD.md)")
+def test_the_shipped_vit_runs_the_readme_command(tmp_path):
+    """`python level_set_traversal.py vit-normal cifar10 --cifar_path ../shared/data/cifar10
+    --examples`, as a fresh clone runs it: every blind spot is still the source class for the
+    ViT and is nearer its target than the source was."""
+    argv = [sys.executable, "level_set_traversal.py", "vit-normal", "cifar10", "--cifar_path",
+            str(SHARED_CIFAR), "--examples", "--out_dir", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [results_file] = tmp_path.glob("vit-normal_cifar10_0-1-2-3-4_*_examples_dict.pkl")
+    r = load_results(results_file)["results"]
+    off = ~np.eye(5, dtype=bool)
+    assert r["classes"] == [0, 1, 2, 3, 4] and r["kept"][off].all()
+    model, _ = load_model("vit-normal", "cifar10")
+    with torch.no_grad():
+        predicted = model(torch.as_tensor(r["blind_spots"][off])).argmax(1).numpy()
+    sources = np.broadcast_to(np.asarray(r["labels"])[:, None], (5, 5))[off]
+    assert (predicted == sources).all()
+    images = np.asarray(r["images"])
+    source_to_target = np.linalg.norm((images[:, None] - images[None]).reshape(5, 5, -1), axis=-1)
+    spot_to_target = np.linalg.norm((r["blind_spots"] - images[None]).reshape(5, 5, -1), axis=-1)
+    ratio = spot_to_target[off] / source_to_target[off]
+    assert (ratio < 1).all(), np.sort(ratio)  # the defaults' 100 steps: 1% to 95% of the way left
+    assert {f"cifar10_target_{c}.png" for c in range(5)} <= {p.name for p in tmp_path.iterdir()}

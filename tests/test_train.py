@@ -45,7 +45,8 @@ def test_training_runs_checkpoints_and_resumes(tiny_cifar, tmp_path, caplog):
             "--batch_size", "8", "--eval_pgd_samples", "4", "--eval_pgd_steps", "2"]
     train_main(base + ["--epochs", "1"])
     blob = torch.load(out, weights_only=True)
-    assert blob["meta"]["epochs"] == 1
+    assert blob["meta"]["epochs"] == 1 and len(blob["meta"]["epoch_seconds"]) == 1
+    assert blob["meta"]["train_seconds"] == pytest.approx(sum(blob["meta"]["epoch_seconds"]), abs=0.1)
     # the stated accuracy is the saved model's, recounted here
     assert blob["meta"]["clean_acc"] == pytest.approx(accuracy_of(out, tiny_cifar), abs=1e-6)
     assert Path(str(out) + ".ckpt").is_file()
