@@ -17,8 +17,8 @@ import level_set_traversal as cli
 import print_tables
 import lst.tables
 from lst import LSTSettings
-from models import load_model
 from lst.results import load_results
+from models import load_model
 from tests.conftest import stem_for
 
 ROOT = Path(__file__).resolve().parents[1]
