@@ -162,10 +162,9 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     return results
 
 
-def judges_of(model: nn.Module, transfer_models: Mapping[str, nn.Module] | None
-              ) -> dict[str, nn.Module]:
+def judges_of(model: nn.Module, transfer_models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
     """The judges of `lst.transfer`: the traversed model itself first, then the others."""
-    return {"": model, **(transfer_models or {})}
+    return {"": model, **transfer_models}
 
 
 def float32_violations(init_confs: np.ndarray, final_confs: np.ndarray, kept: np.ndarray,

@@ -153,7 +153,8 @@ def table_rows(runs: list[Run], pm: str = "±", ci: bool = False) -> dict[str, l
     for label, run in zip(labels(shown), shown):
         res = run.results
         use, sources = _pair_columns(run)
-        cells = [estimate(_table1_values(run, key)[use], sources[use]) for _, key in TABLE1]
+        cells = [estimate(_table1_values(run, key)[use], sources[use], interval=ci)
+                 for _, key in TABLE1]
         n = cells[1]  # final conf.: one value per kept pair
         rows["1" if run.kind == "full_eval" else "examples"].append(
             [label, run.args["dataset"], n.sources, n.pairs] + [c.show(ci, pm) for c in cells])
@@ -162,7 +163,7 @@ def table_rows(runs: list[Run], pm: str = "±", ci: bool = False) -> dict[str, l
         for table, (stats, columns) in per_source.items():
             if stats is None:
                 continue
-            cells = [estimate(stats[key]) for _, key in columns]
+            cells = [estimate(stats[key], interval=ci) for _, key in columns]
             n_pairs = math.comb(int(run_arguments(run.args).get("rounds", 2)), 2)
             head = [label, run.args["dataset"], cells[0].sources, cells[0].sources * n_pairs]
             rows[table].append(head + [c.show(ci, pm) for c in cells])
@@ -184,10 +185,10 @@ def _transfer_rows(label: str, run: Run, use: np.ndarray, sources: np.ndarray, p
     for j, name in enumerate(judges):
         for images, prefix in (("blind spots", "transfer_"), ("raw targets", "transfer_baseline_")):
             pred = np.asarray(res[f"{prefix}pred"])[..., j][use]
-            cells = [estimate((pred == src[use]).astype(float), sources[use]),
-                     estimate((pred == tgt[use]).astype(float), sources[use]),
-                     estimate(((pred != src[use]) & (pred != tgt[use])).astype(float), sources[use]),
-                     estimate(np.asarray(res[f"{prefix}source_conf"])[..., j][use], sources[use])]
+            values = [pred == src[use], pred == tgt[use], (pred != src[use]) & (pred != tgt[use]),
+                      np.asarray(res[f"{prefix}source_conf"])[..., j][use]]
+            cells = [estimate(np.asarray(v, dtype=float), sources[use], interval=ci)
+                     for v in values]
             judge = model_label({"model": name}) + (" (itself)" if j == 0 else "")
             out.append([label, run.kind, judge, images, cells[0].sources, cells[0].pairs]
                        + [c.show(ci, pm) for c in cells])

@@ -22,7 +22,8 @@ class Estimate:
     """A mean over pairs with its spread and its 95% interval over sources.
 
     mean, std: over the pairs; low, high: the bootstrap interval (NaN with fewer than two
-    sources); sources, pairs: how many went in (pairs with a NaN value left out).
+    sources, or when not asked for); sources, pairs: how many went in (pairs with a NaN value
+    left out).
     """
 
     mean: float
@@ -47,14 +48,15 @@ def _ratio_of_sums(sums: np.ndarray, counts: np.ndarray, axis: int = -1) -> np.n
     return sums.sum(axis=axis) / counts.sum(axis=axis)
 
 
-def estimate(values: np.ndarray, sources: np.ndarray | None = None, *,
+def estimate(values: np.ndarray, sources: np.ndarray | None = None, *, interval: bool = True,
              resamples: int = RESAMPLES, seed: int = SEED, level: float = 0.95) -> Estimate:
     """The mean of `values` (any shape; NaN left out) with a bootstrap interval over sources.
 
     sources: the source of each value (same shape; any hashable ints), by default each value its
     own source (values that are already one per source). The interval resamples sources with
     replacement, `resamples` times from `seed` (the same draws for every call with the same
-    sources), and takes the pooled mean of their values each time.
+    sources), and takes the pooled mean of their values each time. Without `interval` nothing
+    is resampled and low, high are NaN (for mean ± std only).
     """
     values = np.asarray(values, dtype=np.float64)
     sources = (np.arange(values.size) if sources is None
@@ -68,7 +70,7 @@ def estimate(values: np.ndarray, sources: np.ndarray | None = None, *,
     sums = np.bincount(inverse, weights=values)
     counts = np.bincount(inverse).astype(np.float64)
     low = high = np.nan
-    if len(ids) >= 2:
+    if interval and len(ids) >= 2:
         with warnings.catch_warnings():  # all-equal values: a zero-width interval is the answer
             warnings.simplefilter("ignore")
             interval = bootstrap((sums, counts), _ratio_of_sums, n_resamples=resamples,

@@ -13,6 +13,10 @@ def test_interval_contains_the_mean_and_is_seeded():
     assert e.mean == pytest.approx(values.mean())
     assert (e.sources, e.pairs) == (50, 250)
     assert estimate(values, sources) == e  # the same resamples every time
+    plain = estimate(values, sources, interval=False)  # mean ± std only: nothing resampled
+    assert (plain.mean, plain.std, plain.sources, plain.pairs) == (e.mean, e.std, 50, 250)
+    assert np.isnan(plain.low) and np.isnan(plain.high)
+    assert plain.show(ci=False) == e.show(ci=False)
 
 
 def test_interval_narrows_as_sources_grow():
