@@ -4,6 +4,8 @@
     python level_set_traversal.py resnet50-normal imagenet --full_eval --imgnet_path DIR \\
         --step_size 1e-2 --iters 400 --pthresh 0.2 --adv_pert --adv_step_size 2e-3 \\
         --log_step 20 --width_distances 0.5 1 1.5 2 --batch_size 196 --get_final_imgs
+    python level_set_traversal.py my_model.pt folder --data_path DIR --examples \\
+        --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225
 
 This file only parses and dispatches; the work is in `lst` and `models`.
 """
@@ -22,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lst.data import DataError, check_root, dataset_info, load_dataset, random_classes
+from lst.data import (DataError, check_root, dataset_info, dataset_label, examples_prefix,
+                      folder_image_size, load_dataset)
 from lst.progress import set_quiet
-from lst.results import ResultsError, WriteError, results_stem
-from lst.runstore import (LOADED_KEYS, RunStore, file_digest, provenance, run_id, run_key,
-                          weights_fingerprint)
+from lst.results import ResultsError, WriteError
+from lst.runstore import RunStore, file_digest, run_key, weights_fingerprint
+from lst.sampling import random_classes
 from lst.traversal import LSTSettings
 
 
@@ -71,8 +74,9 @@ def lst_settings(args: argparse.Namespace) -> LSTSettings:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(description="Level Set Traversal: blind spots of image classifiers.")
-    p.add_argument("model", help="ARCH-TYPE, e.g. resnet50-normal, wideresnet-linf, smallcnn-normal")
-    p.add_argument("dataset", help="imagenet, cifar10 or shapes")
+    p.add_argument("model", help="a registry name (ARCH-TYPE, e.g. resnet50-normal, wideresnet-linf, "
+                                 "smallcnn-normal), a TorchScript file, or package.module:callable")
+    p.add_argument("dataset", help="imagenet, cifar10, shapes, or folder (--data_path DIR)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--examples", action="store_true", help="all pairs of one image per class")
     mode.add_argument("--full_eval", action="store_true", help="many sources, Tables 1 and 2")
@@ -82,18 +86,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_samples", type=int, default=1000, help="full_eval sources")
     p.add_argument("--rounds", type=int, default=5, help="full_eval targets per source")
     p.add_argument("--get_final_imgs", action="store_true", help="full_eval: images and Table 2")
-    p.add_argument("--target_classes", type=int, nargs="+", default=None,
-                   help="examples classes (default: the dataset's, 99 199 299 400 499 on "
-                        "ImageNet, 0-4 on 10-class sets)")
+    p.add_argument("--target_classes", nargs="+", default=None, metavar="CLASS",
+                   help="examples classes, by index or name (default: the dataset's, 99 199 299 "
+                        "400 499 on ImageNet, 0-4 on 10-class sets, a folder's first 5)")
     p.add_argument("--random_target_classes", action="store_true",
                    help="draw as many random classes as --target_classes has, from --seed")
-    p.add_argument("--transfer_models", nargs="+", default=[], metavar="NAME",
-                   help="other models of the dataset that also judge every blind spot and raw "
-                        "target (Table 3 of print_tables.py)")
+    p.add_argument("--transfer_models", nargs="+", default=[], metavar="MODEL",
+                   help="other models of the dataset (names, files or callables) that also judge "
+                        "every blind spot and raw target (Table 3 of print_tables.py)")
     p.add_argument("--load_dict", action="store_true", help="redraw figures from the saved results")
     p.add_argument("--imgnet_path", default=None, help="ImageNet root (val/ or devkit layout)")
     p.add_argument("--cifar_path", default=None, help="CIFAR-10 root (torchvision or test/<class>/)")
-    p.add_argument("--load_model_path", default=None, help="local checkpoint for the architecture")
+    p.add_argument("--data_path", default=None, help="folder: DIR/<class name>/ images "
+                   "(DIR/classes.txt, one class per line, fixes the order)")
+    p.add_argument("--load_model_path", default=None,
+                   help="weights: a local checkpoint of a registry name, or a state dict for "
+                        "package.module:callable (read with weights_only=True)")
+    p.add_argument("--mean", type=float, nargs="+", default=None, metavar="M",
+                   help="per-channel mean of a file or callable model that expects normalised "
+                        "inputs (also of such --transfer_models); the tool gives it (x - mean) / std")
+    p.add_argument("--std", type=float, nargs="+", default=None, metavar="S",
+                   help="per-channel std, with --mean")
+    p.add_argument("--image_size", type=int, nargs="+", default=None, metavar="N",
+                   help="H [W]: the input size of a file or callable model (default: the "
+                        "dataset's size, or the one size of a folder's images)")
     p.add_argument("--model_dir", default=None, help="RobustBench model directory")
     p.add_argument("--desc", default="", help="prefix of the results file names")
     p.add_argument("--out_dir", default="plots_and_figures")
@@ -112,15 +128,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def data_root(args: argparse.Namespace) -> str | None:
-    """The value of the dataset's path flag (--imgnet_path, --cifar_path), None if it has none."""
+    """The value of the dataset's path flag (--imgnet_path, --cifar_path, --data_path), None if
+    it has none."""
     flag = dataset_info(args.dataset).path_flag
     return None if flag is None else getattr(args, flag.lstrip("-"))
+
+
+def class_indices(values: list[str], names: tuple[str, ...], where: str) -> list[int]:
+    """--target_classes as class indices: an integer is an index, anything else a class name."""
+    indices = []
+    for value in values:
+        if value.lstrip("-").isdigit():
+            indices.append(int(value))
+        elif value in names:
+            indices.append(names.index(value))
+        else:
+            shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise DataError(f"{value!r} is not a class of {where} ({shown})")
+    return indices
+
+
+def check_preprocessing(args: argparse.Namespace) -> None:
+    """--mean, --std and --image_size: values that can mean something, for a model that can
+    take them (a file or callable)."""
+    from models import model_kind
+
+    given = [f"--{n}" for n in ("mean", "std", "image_size") if getattr(args, n) is not None]
+    for name in [args.model] + list(args.transfer_models):
+        model_kind(name)  # a path that names no file: one line now
+    if given and model_kind(args.model) == "name":
+        raise DataError(f"{args.model} takes [0,1] images of its own size: {' and '.join(given)} "
+                        "are for a TorchScript file or package.module:callable")
+    if (args.mean is None) != (args.std is None):
+        raise DataError("--mean and --std go together")
+    if args.mean is not None:
+        if len(args.mean) != len(args.std) or len(args.mean) not in (1, 3):
+            raise DataError(f"--mean and --std need 3 values each (RGB) or 1 (grayscale), got "
+                            f"{len(args.mean)} and {len(args.std)}")
+        if not all(math.isfinite(v) for v in args.mean + args.std):
+            raise DataError("--mean and --std must be finite numbers")
+        if any(s == 0 for s in args.std):
+            raise DataError("--std must not be 0")
+    if args.image_size is not None:
+        if len(args.image_size) not in (1, 2) or min(args.image_size) <= 0:
+            raise DataError(f"--image_size takes H or H W, positive, got {args.image_size}")
+        args.image_size = [args.image_size[0], args.image_size[-1]]
 
 
 def check_args(args: argparse.Namespace) -> LSTSettings:
     """Reject bad values before anything runs or is written (docs/design.md, "Bad input");
     fill in the dataset's default classes. Returns the LST settings of the flags."""
-    info = dataset_info(args.dataset)
+    root = data_root(args)
+    info = check_root(args.dataset, root)  # a folder's classes: its folders, or classes.txt
     for name in ("iters", "batch_size", "num_samples", "rounds"):  # the settings check the rest
         if getattr(args, name) <= 0:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
@@ -136,24 +195,29 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
         raise DataError(f"--device {args.device} but this machine has no CUDA device; use --device cpu")
     if args.examples and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DataError("--examples runs in one process; start it without torchrun")
-    if args.target_classes is None:
-        args.target_classes = list(info.default_targets)
+    check_preprocessing(args)
+    where = root if args.dataset == "folder" else args.dataset
+    args.target_classes = (list(info.default_targets) if args.target_classes is None else
+                           class_indices(args.target_classes, info.class_names, where))
     if args.random_target_classes:
         args.target_classes = random_classes(info.num_classes, len(args.target_classes), args.seed)
     bad = [c for c in args.target_classes if not 0 <= c < info.num_classes]
     if bad:
-        raise DataError(f"class {bad[0]} is out of range: {args.dataset} has classes "
+        raise DataError(f"class {bad[0]} is out of range: {where} has classes "
                         f"0..{info.num_classes - 1}")
-    root = data_root(args)
-    check_root(args.dataset, root)
     if info.needs_model_config and not args.load_dict and not Path(root).is_dir():
         raise DataError(f"{args.dataset} path {root} does not exist: expected {info.layout}")
     if len(set(args.target_classes)) < len(args.target_classes):
         twice = sorted({c for c in args.target_classes if args.target_classes.count(c) > 1})
         raise DataError(f"--target_classes names class(es) {twice} more than once")
     if args.examples and len(args.target_classes) < 3:
-        raise DataError("--examples needs at least 3 distinct --target_classes")
-    if args.model in args.transfer_models or len(set(args.transfer_models)) < len(args.transfer_models):
+        raise DataError("--examples needs at least 3 distinct --target_classes"
+                        + (f" ({where} has {len(args.target_classes)} class(es) with images)"
+                           if args.dataset == "folder" and len(args.target_classes) < 3 else ""))
+    from models import model_name
+
+    judges = [model_name(m) for m in args.transfer_models]
+    if model_name(args.model) in judges or len(set(judges)) < len(judges):
         raise DataError("--transfer_models must name other models than the traversed one "
                         "(which always judges its own blind spots), each once")
     if args.load_dict and not args.examples:
@@ -163,56 +227,100 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
 
 
 def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
-    """The run key of these flags (lst.runstore.run_key): what decides the results."""
-    from models import local_weights_file
+    """The run key of these flags (lst.runstore.run_key): what decides the results. Keys that
+    only some runs have (judges, a user's model file, preprocessing) are absent otherwise, so
+    the run ids of runs without them stay as they were."""
+    from models import local_weights_file, model_file_digest, model_kind, model_name
 
     sizes = ({"classes": args.target_classes} if args.examples else
              {"num_samples": args.num_samples, "rounds": args.rounds,
               "get_final_imgs": args.get_final_imgs})
-    if args.transfer_models:  # absent otherwise: the run ids of runs without stay as they were
-        sizes["transfer_models"] = list(args.transfer_models)
+    if model_kind(args.model) != "name":
+        sizes["model_file"] = model_file_digest(args.model)
+    preprocessing = {n: getattr(args, n) for n in ("mean", "std", "image_size")
+                     if getattr(args, n) is not None}
+    if preprocessing:
+        sizes["preprocessing"] = preprocessing
+    if args.transfer_models:
+        sizes["transfer_models"] = [model_name(m) for m in args.transfer_models]
         files = [local_weights_file(name, args.dataset) for name in args.transfer_models]
         sizes["transfer_weights_files"] = [None if f is None else file_digest(f) for f in files]
-    return run_key("examples" if args.examples else "full_eval", args.model, args.dataset,
-                   settings, data_root=data_root(args),
+        if any(model_kind(m) != "name" for m in args.transfer_models):
+            sizes["transfer_model_files"] = [model_file_digest(m) for m in args.transfer_models]
+    root = data_root(args)
+    return run_key("examples" if args.examples else "full_eval", model_name(args.model),
+                   dataset_label(args.dataset, root), settings, data_root=root,
                    weights_file=local_weights_file(args.model, args.dataset, args.load_model_path),
                    **sizes)
 
 
-def stem_of(args: argparse.Namespace, settings: LSTSettings, key: dict) -> str:
-    return results_stem(desc=args.desc, model=args.model, dataset=args.dataset,
-                        step_size=settings.step_size, iters=settings.iters,
-                        adv_step_size=settings.adv_step_size,
-                        classes=args.target_classes if args.examples else None,
-                        num_samples=args.num_samples, run_id=run_id(key))
+def results_flags(args: argparse.Namespace) -> dict:
+    """The flags as a results file keeps them; a file or callable model's argument as given is
+    `model_spec` (`model` is its name, `lst.runstore.results_args`)."""
+    from models import model_name
+
+    flags = vars(args).copy()
+    if model_name(args.model) != args.model:
+        flags["model_spec"] = args.model
+    return flags
 
 
-def results_args(args: argparse.Namespace, key: dict, origin: dict) -> dict:
-    """The `args` of a results file: the flags, the full run key and where the results come
-    from (package versions, git commit, host, start and end time)."""
-    return {**vars(args), "run_key": key, "run_id": run_id({k: v for k, v in key.items()
-                                                            if k not in LOADED_KEYS}),
-            "provenance": dict(origin, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
+def input_size_flag(args: argparse.Namespace) -> tuple[int, int] | None:
+    """(H, W) for a file or callable model: --image_size, or on a folder its images' one size."""
+    from models import model_kind
+
+    if args.image_size is not None:
+        return tuple(args.image_size)
+    if args.dataset == "folder" and model_kind(args.model) != "name":
+        return folder_image_size(data_root(args))
+    return None
+
+
+def check_fit(name: str, model, config, args: argparse.Namespace) -> None:
+    """The model scores as many classes as the dataset has (one forward pass)."""
+    from models import num_outputs
+
+    root = data_root(args)
+    classes = check_root(args.dataset, root).num_classes
+    outputs = num_outputs(model, config.input_size)
+    if outputs == classes:
+        return
+    if args.dataset == "folder":
+        raise DataError(f"{root} has {classes} classes but {name} has {outputs} outputs: name all "
+                        f"{outputs} classes of the model, in its order, in {Path(root) / 'classes.txt'}")
+    raise DataError(f"{args.dataset} has {classes} classes but {name} has {outputs} outputs")
 
 
 def model_and_data(args: argparse.Namespace):
     """(model, dataset, transfer models by name) as the flags say."""
-    from models import load_model
+    from models import load_model, model_kind, model_name
 
-    info = dataset_info(args.dataset)
+    info = check_root(args.dataset, data_root(args))
     if not info.needs_model_config:  # check the data before loading (maybe big) weights
         dataset = load_dataset(args.dataset, root=data_root(args), seed=args.seed)
+    size = input_size_flag(args)
+    preprocessing = dict(mean=args.mean, std=args.std)
     model, config = load_model(args.model, args.dataset, checkpoint=args.load_model_path,
-                               model_dir=args.model_dir, device=args.device)
+                               model_dir=args.model_dir, device=args.device, image_size=size,
+                               **preprocessing)
+    check_fit(args.model, model, config, args)
     if info.needs_model_config:  # the resize and crop come from the model's config
         dataset = load_dataset(args.dataset, root=data_root(args), config=config)
+    shape = tuple(dataset[0][0].shape)
+    if shape != tuple(config.input_size):
+        raise DataError(f"the images of {args.dataset} are {shape}; {args.model} takes "
+                        f"{tuple(config.input_size)}")
     transfer_models = {}
     for name in args.transfer_models:
-        transfer_models[name], other = load_model(name, args.dataset, model_dir=args.model_dir,
-                                                  device=args.device)
+        own = model_kind(name) != "name"
+        judge, other = load_model(name, args.dataset, model_dir=args.model_dir, device=args.device,
+                                  image_size=config.input_size[1:] if own else None,
+                                  **(preprocessing if own else {}))
         if other.input_size != config.input_size:
             raise DataError(f"--transfer_models {name} takes {other.input_size} images; the "
                             f"blind spots of {args.model} are {config.input_size}")
+        check_fit(name, judge, config, args)
+        transfer_models[model_name(name)] = judge
     if args.compile:  # same weights, fused kernels: results differ only by float rounding
         model = torch.compile(model)
     return model, dataset, transfer_models
@@ -234,8 +342,8 @@ def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
     from lst.plots import plot_examples
 
     key = run_identity(args, settings)
-    store = RunStore(args.out_dir, stem_of(args, settings, key), "examples")
-    names = dataset_info(args.dataset).class_names
+    store = RunStore.for_run(args.out_dir, key, desc=args.desc)
+    names = check_root(args.dataset, data_root(args)).class_names
     if args.load_dict:
         results = store.read("examples_dict")
         figures = plot_examples(results, [names[c] for c in results["classes"]], store.out_dir,
@@ -248,11 +356,11 @@ def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
             if not args.overwrite and store.finished("examples_dict", key):
                 return (f"already done: {store.path('examples_dict')} holds this run "
                         "(--load_dict redraws its figures, --overwrite recomputes it)")
-            origin = provenance()
             results = run_examples(model, dataset, args.target_classes, settings,
-                                   out_dir=store.out_dir, dataset_name=args.dataset,
-                                   batch_size=args.batch_size, transfer_models=transfer_models)
-            store.write("examples_dict", results_args(args, key, origin), results)
+                                   out_dir=store.out_dir,
+                                   dataset_name=examples_prefix(args.dataset, data_root(args)),
+                                   batch_size=args.batch_size, transfer_models=transfer_models,
+                                   store=store, flags=results_flags(args))
             figures = plot_examples(results, [names[c] for c in results["classes"]],
                                     store.out_dir, store.stem, settings.width_distances)
     except KeyboardInterrupt:
@@ -275,7 +383,7 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
         logging.getLogger().setLevel(logging.WARNING)
     args.device = str(rank.device)
     key = run_identity(args, settings)
-    store = RunStore(args.out_dir, stem_of(args, settings, key), "full_eval", rank)
+    store = RunStore.for_run(args.out_dir, key, desc=args.desc, rank=rank)
     try:
         with store.open(restart=args.restart):
             model, dataset, transfer_models = model_and_data(args)
@@ -292,19 +400,14 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
             if done:
                 return (f"already done: {store.path('fulleval_dict')} holds this run "
                         "(--overwrite recomputes it)") if rank.is_main else None
-            origin = provenance()
             results, all_confs = run_full_eval(
                 model, dataset, settings, num_samples=args.num_samples, rounds=args.rounds,
                 batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, store=store,
-                run_key=key, rank=rank, transfer_models=transfer_models)
+                rank=rank, transfer_models=transfer_models, flags=results_flags(args))
             if not rank.is_main:
                 return None
-            file_args = results_args(args, key, origin)
-            # the results dict last: a run counts as done once it exists
-            companions = ([] if all_confs is None
-                          else [store.write("all_confs", file_args, all_confs)])
-            written = [store.write("fulleval_dict", file_args, results)] + companions
-            store.finish()
+            written = [store.path("fulleval_dict")] + ([] if all_confs is None
+                                                       else [store.path("all_confs")])
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: {saved_pairs(store)}; the same command resumes") from None
     except WriteError as err:

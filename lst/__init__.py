@@ -6,23 +6,36 @@
     result = lst.level_set_traversal(model, sources, labels, targets, iters=400)  # or by field
     dists = lst.image_distances(result.final_images, targets)
 
+The whole pipeline of the command line, for any model and any dataset of (image, label):
+
+    key = lst.run_key("examples", "mynet", "pets", settings, classes=[0, 1, 2])
+    store = lst.RunStore.for_run("out", key)
+    with store.open():
+        results = lst.run_examples(model, dataset, [0, 1, 2], settings, out_dir="out",
+                                   dataset_name="pets", store=store)
+    # and lst.run_full_eval(model, dataset, settings, num_samples=100, store=store) for a
+    # "full_eval" key; `python print_tables.py out` reads both.
+
 A model maps [0,1] images (N,C,H,W) to logits; every computation runs on the model's device.
 """
 from .confidence import class_confidence_of, model_device, predict, probabilities
+from .experiments import run_examples, run_full_eval
 from .hull import (HULL_DELTAS, delta_curve, hull_confidences, hull_stats, limbs_and_chords,
                    segment_confidences, segment_stats, source_hull_confidences, source_hull_stats,
                    triangle_grid)
 from .metrics import image_distances, lpips_network
+from .runstore import RunStore, run_key
 from .transfer import judge
 from .traversal import LSTResult, LSTSettings, initial_noise, level_set_traversal, orthogonal_step
 from .uncertainty import estimate
 from .widths import path_widths, random_orthogonal_directions
 
 __all__ = [
-    "HULL_DELTAS", "LSTResult", "LSTSettings", "class_confidence_of", "delta_curve", "estimate",
+    "HULL_DELTAS", "LSTResult", "LSTSettings", "RunStore", "class_confidence_of", "delta_curve", "estimate",
     "hull_confidences", "hull_stats", "image_distances", "initial_noise", "judge",
     "level_set_traversal", "limbs_and_chords", "lpips_network", "model_device", "orthogonal_step",
-    "path_widths", "predict", "probabilities", "random_orthogonal_directions",
+    "path_widths", "predict", "probabilities", "random_orthogonal_directions", "run_examples",
+    "run_full_eval", "run_key",
     "segment_confidences", "segment_stats", "source_hull_confidences", "source_hull_stats",
     "triangle_grid",
 ]

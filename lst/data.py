@@ -1,5 +1,4 @@
-"""The datasets (one `DatasetInfo` record each, in DATASETS) and the choice of sources and
-targets of both modes (docs/design.md, "Modes").
+"""The datasets: one `DatasetInfo` record each in DATASETS, their loaders, and item access.
 
 Datasets yield ((C,H,W) float32 in [0,1], int label); the model does its own normalisation.
   imagenet: torchvision's ImageNet layout (root with the devkit archive or meta.bin, and val/),
@@ -9,12 +8,20 @@ Datasets yield ((C,H,W) float32 in [0,1], int label); the model does its own nor
             online), or a folder tree root/test/<class>/ with the ten class folders, sorted =
             CIFAR-10 label order.
   shapes:   synthetic, generated in memory from the seed (lst.shapes).
+  folder:   any images, root/<class name>/*, torchvision's ImageFolder convention (classes in
+            sorted order, or in the order of root/classes.txt, which may name classes without a
+            folder); any size and format Pillow reads, resized and centre-cropped to the model's
+            input size, converted to its channels (RGB or grayscale).
 Adding a dataset means adding a loader and its record to DATASETS; the command line, the model
-registry and the figures read everything else from the record.
+registry and the figures read everything else from the record. Which images a run uses (sources,
+targets) is `lst.sampling`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,12 +29,9 @@ import numpy as np
 import torch
 import torchvision
 from PIL import Image
-from torch import nn
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 
-from .batching import chunks
-from .confidence import predict
 from .shapes import SHAPE_CLASSES, ShapesDataset
 
 
@@ -39,9 +43,10 @@ class DataError(ValueError):
 class DataConfig:
     """How a model wants its images: input size and the resize/crop that produces it.
 
-    input_size: (C,H,W). crop_pct: the image is resized to H / crop_pct, then centre-cropped to
-    H (timm's convention; 0.875 = resize 256, crop 224); None means the images already have the
-    right size (CIFAR-10, shapes). interpolation: "bilinear" or "bicubic".
+    input_size: (C,H,W), C = 3 (RGB) or 1 (grayscale). crop_pct: the image is resized to
+    H / crop_pct (shorter side; both sides for H != W, as timm does), then centre-cropped to
+    (H,W) (timm's convention; 0.875 = resize 256, crop 224); None means the images already have
+    the right size (CIFAR-10, shapes). interpolation: "bilinear" or "bicubic".
     """
 
     input_size: tuple[int, int, int] = (3, 224, 224)
@@ -49,20 +54,27 @@ class DataConfig:
     interpolation: str = "bilinear"
 
     def transform(self) -> T.Compose:
-        """The torchvision transform from a PIL image to a (C,H,W) tensor in [0,1]."""
+        """The torchvision transform from a PIL image to a (C,H,W) tensor in [0,1]. An image that
+        already has the size it would be resized to is not resampled."""
         steps = []
         if self.crop_pct is not None:
-            size = self.input_size[1]
+            height, width = self.input_size[1:]
             mode = T.InterpolationMode(self.interpolation)
-            steps += [T.Resize(int(size / self.crop_pct), interpolation=mode), T.CenterCrop(size)]
+            scaled = (int(height / self.crop_pct) if height == width else
+                      (int(height / self.crop_pct), int(width / self.crop_pct)))
+            steps += [T.Resize(scaled, interpolation=mode), T.CenterCrop((height, width))]
         return T.Compose(steps + [T.ToTensor()])
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """An image file as an RGB PIL image; DataError naming the file if it cannot be read."""
+PIL_MODES = {3: "RGB", 1: "L"}  # channels -> the Pillow mode images are converted to
+
+
+def read_image(path: str | Path, channels: int = 3) -> Image.Image:
+    """An image file as a PIL image in RGB (channels 3) or grayscale (channels 1); DataError
+    naming the file if it cannot be read."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return image.convert(PIL_MODES[channels])
     except (OSError, ValueError) as err:  # missing, truncated, not an image
         raise DataError(f"cannot read image {path}: {err}") from None
 
@@ -77,7 +89,7 @@ def load_imagenet(root: str | Path, config: DataConfig) -> Dataset:
     transform = config.transform()
     if (root / "meta.bin").is_file() or (root / "ILSVRC2012_devkit_t12.tar.gz").is_file():
         return torchvision.datasets.ImageNet(str(root), split="val", transform=transform,
-                                             loader=read_rgb)
+                                             loader=read_image)
     for folder in (root / "val", root):
         if folder.is_dir():
             wnids = sorted(p.name for p in folder.iterdir() if p.is_dir())
@@ -87,7 +99,7 @@ def load_imagenet(root: str | Path, config: DataConfig) -> Dataset:
                                     f"{expected}")
                 # empty class folders are allowed: labels stay aligned with the 1000 wnids
                 dataset = torchvision.datasets.ImageFolder(str(folder), transform=transform,
-                                                           loader=read_rgb, allow_empty=True)
+                                                           loader=read_image, allow_empty=True)
                 if len(dataset) == 0:
                     raise DataError(f"{folder} has class folders but no images: {expected}")
                 return dataset
@@ -112,7 +124,7 @@ def load_cifar10(root: str | Path, split: str = "test", download: bool = True) -
             raise DataError(f"{folder} has {len(classes)} class folders, CIFAR-10 has 10: {expected}")
         try:
             return torchvision.datasets.ImageFolder(str(folder), transform=T.ToTensor(),
-                                                    loader=read_rgb)
+                                                    loader=read_image)
         except FileNotFoundError as err:
             raise DataError(f"{folder}: {str(err).split('. ')[0]}: {expected}") from None
     try:
@@ -121,6 +133,130 @@ def load_cifar10(root: str | Path, split: str = "test", download: bool = True) -
     except Exception as err:  # missing and offline, or a malformed archive
         raise DataError(f"CIFAR-10 not found under {root} and it could not be downloaded "
                         f"({type(err).__name__}): {expected}") from None
+
+
+CLASSES_FILE = "classes.txt"
+FOLDER_LAYOUT = "DIR/<class name>/ image files, and optionally DIR/classes.txt (one class per line)"
+# every file suffix Pillow can open (not only those it can save); hidden files are skipped
+IMAGE_SUFFIXES = frozenset(ext for ext, fmt in Image.registered_extensions().items()
+                           if fmt in Image.OPEN)
+
+
+def folder_classes(root: str | Path) -> tuple[str, ...]:
+    """The class names of an image folder, in label order: the lines of root/classes.txt when
+    it exists (it may name classes without a folder; every class folder must be named), else
+    the class folders' names, sorted. DataError on an empty or inconsistent folder."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist: expected {FOLDER_LAYOUT}")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    listed = root / CLASSES_FILE
+    if not listed.is_file():
+        if not folders:
+            raise DataError(f"{root} has no class folders: expected {FOLDER_LAYOUT}")
+        return tuple(folders)
+    try:
+        names = [line.strip() for line in listed.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {listed}: {err}") from None
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if not names or twice:
+        raise DataError(f"{listed} must name each class once, one per line"
+                        + (f"; {twice[0]!r} comes more than once" if twice else ": it is empty"))
+    unnamed = [f for f in folders if f not in set(names)]
+    if unnamed:
+        raise DataError(f"class folder {root / unnamed[0]} is not named in {listed}: add it, or "
+                        "move the folder out")
+    return tuple(names)
+
+
+def is_image_file(path: str) -> bool:
+    """Whether ImageFolder takes `path` as an image: a suffix Pillow opens, not a hidden file."""
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+class ClassFolder(torchvision.datasets.ImageFolder):
+    """torchvision's ImageFolder with the classes of `folder_classes` (classes.txt's order when
+    there is one); classes without a folder have no images."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = list(folder_classes(directory))
+        return classes, {name: label for label, name in enumerate(classes)}
+
+
+def _folder_samples(root: Path) -> ClassFolder:
+    """The folder's ImageFolder without a transform, checked: images exist, no class folder
+    is empty, every image's header is readable (DataError naming the folder or file)."""
+    dataset = ClassFolder(str(root), is_valid_file=is_image_file, allow_empty=True)
+    if len(dataset) == 0:
+        raise DataError(f"{root} holds no images (any format Pillow reads): expected {FOLDER_LAYOUT}")
+    counts = np.bincount(dataset.targets, minlength=len(dataset.classes))
+    empty = [c for c, n in zip(dataset.classes, counts) if n == 0 and (root / c).is_dir()]
+    if empty:
+        raise DataError(f"class folder {root / empty[0]} holds no images (any format Pillow reads)")
+    return dataset
+
+
+def image_sizes(paths: Sequence[str]) -> dict[tuple[int, int], str]:
+    """Each distinct (H, W) among the image files and the first file that has it, reading only
+    their headers; DataError naming the first file that Pillow cannot open."""
+    sizes: dict[tuple[int, int], str] = {}
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.setdefault((image.height, image.width), path)
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read image {path}: {err}") from None
+    return sizes
+
+
+def folder_image_size(root: str | Path) -> tuple[int, int]:
+    """(H, W) of the folder's images when they all have one size; DataError otherwise (the
+    model's input size must then be given, --image_size)."""
+    root = Path(root).expanduser()
+    sizes = image_sizes([path for path, _ in _folder_samples(root).samples])
+    if len(sizes) > 1:
+        (a, first), (b, second) = list(sizes.items())[:2]
+        raise DataError(f"the images of {root} have {len(sizes)} sizes ({a[0]}x{a[1]} {first}, "
+                        f"{b[0]}x{b[1]} {second}, ...): pass --image_size H W, the model's input size")
+    return next(iter(sizes))
+
+
+def load_folder(root: str | Path, config: DataConfig) -> Dataset:
+    """Every image of an image folder (module docstring), resized and centre-cropped to
+    config.input_size (crop_pct None counts as 1: the largest centred crop) and converted to its
+    channels. Every image's header is read once here, so a file Pillow cannot open is named
+    before anything runs."""
+    root = Path(root).expanduser()
+    channels = config.input_size[0]
+    if channels not in PIL_MODES:
+        raise DataError(f"the model takes {channels}-channel images; a folder's images can be given "
+                        "to models of 3 (RGB) or 1 (grayscale) channels")
+    dataset = _folder_samples(root)
+    image_sizes([path for path, _ in dataset.samples])
+    dataset.transform = replace(config, crop_pct=config.crop_pct or 1.0).transform()
+    dataset.loader = partial(read_image, channels=channels)
+    return dataset
+
+
+def dataset_label(name: str, root: str | Path | None) -> str:
+    """The dataset's name in file names and tables: `name`, or for a folder its own name
+    (letters, digits, '.', '-' and '+' kept, other characters as '-')."""
+    if name != "folder" or root is None:
+        return name
+    base = Path(root).expanduser().resolve().name or "folder"
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", base)
+
+
+def examples_prefix(name: str, root: str | Path | None) -> str:
+    """The prefix of the saved example images, {prefix}_target_{class}.png: the dataset's name;
+    for a folder its label and a short hash of its resolved path, so two folders of the same
+    name never share example images."""
+    if name != "folder" or root is None:
+        return name
+    where = str(Path(root).expanduser().resolve())
+    return f"{dataset_label(name, root)}-{hashlib.sha256(where.encode()).hexdigest()[:6]}"
 
 
 def _load_imagenet(root: Path, config: DataConfig | None, split: str, seed: int) -> Dataset:
@@ -135,21 +271,29 @@ def _load_shapes(root: Path | None, config: DataConfig | None, split: str, seed:
     return ShapesDataset(split=split, seed=seed)
 
 
+def _load_folder(root: Path, config: DataConfig | None, split: str, seed: int) -> Dataset:
+    if config is None:
+        raise DataError("a folder's images are resized to the model's input size: load it with "
+                        "the model's DataConfig")
+    return load_folder(root, config)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Everything the tool knows about one dataset.
 
-    class_names: in label order. image_shape: (C,H,W) of its images (ImageNet: the default; the
-    model's DataConfig decides). default_targets: the --examples classes when none are given.
-    path_flag: the command-line flag of its folder (None: generated in memory); layout: what that
-    folder must hold, for messages. load(root, config, split, seed) -> Dataset.
-    needs_model_config: its resize and crop come from the model, so it is loaded after the model.
+    class_names: in label order (None: read from the folder, see `dataset_info`). image_shape:
+    (C,H,W) of its images (ImageNet: the default; None: any size; the model's DataConfig
+    decides). default_targets: the --examples classes when none are given. path_flag: the
+    command-line flag of its folder (None: generated in memory); layout: what that folder must
+    hold, for messages. load(root, config, split, seed) -> Dataset. needs_model_config: its
+    resize and crop come from the model, so it is loaded after the model.
     """
 
     name: str
-    class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int]
-    default_targets: tuple[int, ...]
+    class_names: tuple[str, ...] | None
+    image_shape: tuple[int, int, int] | None
+    default_targets: tuple[int, ...] | None
     path_flag: str | None
     layout: str
     load: Callable[[Path | None, DataConfig | None, str, int], Dataset]
@@ -169,166 +313,57 @@ DATASETS = {info.name: info for info in (
                 "torchvision's files or test/<class>/ images", _load_cifar10),
     DatasetInfo("shapes", SHAPE_CLASSES, (3, 32, 32), (0, 1, 2, 3, 4), None,
                 "generated in memory", _load_shapes),
+    DatasetInfo("folder", None, None, None, "--data_path", FOLDER_LAYOUT, _load_folder,
+                needs_model_config=True),
 )}
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """The record of dataset `name`; DataError naming the known ones otherwise."""
+def dataset_info(name: str, root: str | Path | None = None) -> DatasetInfo:
+    """The record of dataset `name`; DataError naming the known ones otherwise. A folder's
+    record with its `root` gets the folder's class names (`folder_classes`) and, as default
+    example classes, the first five that have images."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return DATASETS[name]
+    info = DATASETS[name]
+    if info.class_names is None and root is not None:
+        names = folder_classes(root)
+        present = [c for c, n in enumerate(names) if (Path(root).expanduser() / n).is_dir()]
+        info = replace(info, class_names=names, default_targets=tuple(present[:5]))
+    return info
 
 
 def check_root(name: str, root: str | Path | None) -> DatasetInfo:
-    """The record of dataset `name`; DataError if it needs a folder and `root` is None."""
+    """The record of dataset `name` (with a folder's classes); DataError if it needs a folder
+    and `root` is None."""
     info = dataset_info(name)
     if info.path_flag is not None and root is None:
         raise DataError(f"{name} needs its folder: pass {info.path_flag} DIR ({info.layout})")
-    return info
+    return dataset_info(name, root)
 
 
 def load_dataset(name: str, *, root: str | Path | None = None, config: DataConfig | None = None,
                  split: str = "test", seed: int = 0) -> Dataset:
     """The `split` of dataset `name` (a key of DATASETS). Raises DataError on bad input.
 
-    root: the dataset's folder (imagenet, cifar10); config: the model's DataConfig (imagenet);
-    seed: generation seed (shapes).
+    root: the dataset's folder (imagenet, cifar10, folder); config: the model's DataConfig
+    (imagenet, folder); seed: generation seed (shapes).
     """
     info = check_root(name, root)
     return info.load(None if root is None else Path(root), config, split, seed)
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:
-    """The label of every item, without loading images: (len,) int64."""
+    """The label of every item: (len,) int64. Read from `dataset.targets` (torchvision's
+    datasets, Subsets of them) without loading images; any other dataset of (image, label) items
+    is read item by item once."""
     if isinstance(dataset, Subset):
         return dataset_labels(dataset.dataset)[np.asarray(dataset.indices)]
-    return np.asarray(dataset.targets, dtype=np.int64)
+    if hasattr(dataset, "targets"):
+        return np.asarray(dataset.targets, dtype=np.int64)
+    return np.array([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
 
 def stack_items(dataset: Dataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (n,C,H,W) and labels (n,) of the items at `indices`."""
     items = [dataset[int(i)] for i in indices]
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-
-def _confident(model: nn.Module, dataset: Dataset, candidates: Sequence[int],
-               min_confidence: float, batch_size: int) -> np.ndarray:
-    """Mask over `candidates`: correctly classified with confidence > min_confidence."""
-    ok = np.zeros(len(candidates), dtype=bool)
-    for part in chunks(len(candidates), batch_size):
-        images, labels = stack_items(dataset, candidates[part])
-        predicted, conf = predict(model, images)
-        ok[part] = ((predicted.cpu() == labels) & (conf.cpu() > min_confidence)).numpy()
-    return ok
-
-
-def select_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], *,
-                   min_confidence: float = 0.6, batch_size: int = 64) -> list[int]:
-    """For each class, the index of its first image the model gets right with conf > threshold.
-
-    Raises DataError for a class out of range or one with no such image.
-    """
-    labels = dataset_labels(dataset)
-    num_classes = int(labels.max()) + 1
-    chosen = []
-    for cls in classes:
-        if not 0 <= cls < num_classes:
-            raise DataError(f"class {cls} is out of range: this dataset has classes 0..{num_classes - 1}")
-        candidates = np.flatnonzero(labels == cls)
-        found = None
-        for part in chunks(len(candidates), batch_size):
-            ok = _confident(model, dataset, candidates[part], min_confidence, batch_size)
-            if ok.any():
-                found = int(candidates[part][np.argmax(ok)])
-                break
-        if found is None:
-            raise DataError(f"no image of class {cls} is classified correctly with confidence "
-                            f"> {min_confidence}")
-        chosen.append(found)
-    return chosen
-
-
-def balanced_allocation(capacity: Sequence[float], total: int) -> list[int]:
-    """Split `total` over classes as evenly as their capacities allow (water-filling).
-
-    Equal shares first; what a class cannot take goes to the others; a remainder goes to the
-    lowest class indices. Returns one count per class, summing to min(total, sum(capacity)).
-    """
-    alloc = [0] * len(capacity)
-    remaining = total
-    active = [c for c, cap in enumerate(capacity) if cap > 0]
-    while remaining > 0 and active:
-        share = max(1, remaining // len(active))
-        for c in active:
-            give = int(min(share, capacity[c] - alloc[c], remaining))
-            alloc[c] += give
-            remaining -= give
-        active = [c for c in active if alloc[c] < capacity[c]]
-    return alloc
-
-
-def select_sources(model: nn.Module, dataset: Dataset, num_samples: int, *, seed: int = 0,
-                   min_confidence: float = 0.6, batch_size: int = 256) -> np.ndarray:
-    """`num_samples` indices of images classified correctly with conf > threshold, class-spread.
-
-    Each class's images are visited in an order shuffled from `seed`; each class contributes its
-    first qualifying images, as evenly over classes as they allow (`balanced_allocation`). The
-    result, interleaved class by class, depends on the seed and the data only, not on the batch
-    size. Raises DataError when the split is too small or too few images qualify.
-    """
-    labels = dataset_labels(dataset)
-    if num_samples > len(labels):
-        raise DataError(f"asked for {num_samples} samples but the split has {len(labels)} images")
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    order = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
-    found: list[list[int]] = [[] for _ in classes]
-    visited = [0] * len(classes)
-    while True:
-        capacity = [len(found[c]) if visited[c] == len(order[c]) else np.inf
-                    for c in range(len(classes))]
-        alloc = balanced_allocation(capacity, num_samples)
-        todo = [c for c in range(len(classes)) if len(found[c]) < alloc[c]]
-        if not todo:
-            break
-        per_class = max(1, batch_size // len(todo))
-        candidates = []
-        for c in todo:
-            want = min(per_class, alloc[c] - len(found[c]))
-            candidates.append(order[c][visited[c]:visited[c] + want])
-            visited[c] += len(candidates[-1])
-        flat = np.concatenate(candidates)
-        ok = _confident(model, dataset, flat, min_confidence, batch_size)
-        for c, part in zip(todo, np.split(ok, np.cumsum([len(x) for x in candidates])[:-1])):
-            found[c].extend(order[c][visited[c] - len(part):visited[c]][part].tolist())
-    if sum(alloc) < num_samples:
-        raise DataError(f"only {sum(alloc)} images are classified correctly with confidence "
-                        f"> {min_confidence}; asked for {num_samples}")
-    ranked = sorted((rank, c, idx) for c in range(len(classes))
-                    for rank, idx in enumerate(found[c][:alloc[c]]))
-    return np.array([idx for _, _, idx in ranked])
-
-
-def assign_targets(labels: np.ndarray, rounds: int, seed: int = 0) -> np.ndarray:
-    """For each source and round, the position (in the same pool) of a target of another class.
-
-    labels: (n,) classes of the pool. Returns (n, rounds) int64. Each entry is drawn from a stream
-    seeded by (seed, source position, round), so it does not depend on how work is split.
-    """
-    labels = np.asarray(labels)
-    n = len(labels)
-    out = np.empty((n, rounds), dtype=np.int64)
-    for i in range(n):
-        others = np.flatnonzero(labels != labels[i])
-        if len(others) == 0:
-            raise DataError("every source has the same class: no target of another class")
-        for r in range(rounds):
-            out[i, r] = others[np.random.default_rng([seed, i, r]).integers(len(others))]
-    return out
-
-
-def random_classes(num_classes: int, count: int, seed: int = 0) -> list[int]:
-    """`count` distinct valid classes drawn from `seed` (--random_target_classes)."""
-    if not 0 < count <= num_classes:
-        raise DataError(f"cannot draw {count} distinct classes out of {num_classes}")
-    return sorted(np.random.default_rng(seed).choice(num_classes, count, replace=False).tolist())

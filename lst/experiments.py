@@ -21,15 +21,15 @@ from torch.utils.data import Dataset
 
 from .batching import chunks
 from .confidence import model_device
-from .data import (assign_targets, dataset_labels, read_rgb, select_sources, select_targets,
-                   stack_items)
+from .data import dataset_labels, read_image, stack_items
 from .distributed import Rank, barrier, broadcast
 from .hull import (SEGMENT_POINTS, aggregate_pairs, hull_stats, limbs_and_chords,
                    segment_confidences, segment_stats, source_hull_confidences, triangle_grid)
 from .metrics import image_distances
 from .progress import progress_bar
 from .results import atomic_write
-from .runstore import ResumeError, RunStore, weights_fingerprint
+from .runstore import ResumeError, RunStore, provenance, results_args, weights_fingerprint
+from .sampling import assign_targets, select_sources, select_targets
 from .transfer import judge_pairs
 from .traversal import LSTSettings, level_set_traversal
 
@@ -58,19 +58,23 @@ def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.T
 
 
 def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], out_dir: Path,
-                    dataset_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+                    dataset_name: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One image per class (docs/design.md, "Modes"), saved as
-    {out_dir}/{dataset}_target_{class}.png and reused.
+    {out_dir}/{dataset_name}_target_{class}.png and reused.
 
-    A saved PNG is 8-bit: images that were not 8-bit (resized ImageNet crops) are quantised to
-    1/255 on the first save, and every later run uses the quantised image.
+    Returns the images (K,C,H,W) in [0,1], their classes (K,) and the PNGs' file names. A saved
+    PNG is 8-bit (grayscale for 1-channel images): images that were not 8-bit (resized crops)
+    are quantised to 1/255 on the first save, and every later run uses the quantised image.
     """
+    channels = dataset[0][0].shape[0]
+    names = [f"{dataset_name}_target_{cls}.png" for cls in classes]
     images = [None] * len(classes)
     missing = []
-    for k, cls in enumerate(classes):
-        png = out_dir / f"{dataset_name}_target_{cls}.png"
+    for k, name in enumerate(names):
+        png = out_dir / name
         if png.is_file():
-            images[k] = torch.from_numpy(np.array(read_rgb(png))).permute(2, 0, 1)
+            pixels = np.array(read_image(png, channels))
+            images[k] = torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels)).permute(2, 0, 1)
         else:
             missing.append(k)
     if missing:
@@ -78,20 +82,28 @@ def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], 
         loaded, _ = stack_items(dataset, found)
         for k, img in zip(missing, loaded):
             pixels = (img * 255).round().clamp(0, 255).to(torch.uint8)
-            picture = Image.fromarray(pixels.permute(1, 2, 0).numpy())
-            atomic_write(out_dir / f"{dataset_name}_target_{classes[k]}.png",
-                         lambda f: picture.save(f, format="PNG"))
+            hwc = pixels.permute(1, 2, 0).numpy()
+            picture = Image.fromarray(hwc[..., 0] if channels == 1 else hwc)
+            atomic_write(out_dir / names[k], lambda f: picture.save(f, format="PNG"))
             images[k] = pixels
-    return torch.stack(images).float() / 255, torch.tensor(list(classes))
+    return torch.stack(images).float() / 255, torch.tensor(list(classes)), names
 
 
 def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], settings: LSTSettings,
-                 *, out_dir: Path, dataset_name: str, batch_size: int = 64,
-                 hull_chunk: int = 512, transfer_models: Mapping[str, nn.Module] | None = None
-                 ) -> dict:
+                 *, out_dir: str | Path, dataset_name: str, batch_size: int = 64,
+                 hull_chunk: int = 512, transfer_models: Mapping[str, nn.Module] | None = None,
+                 store: RunStore | None = None, flags: dict | None = None) -> dict:
     """All-pairs LST between one image per class and everything the figures need.
 
+    model: on [0,1] images (N,C,H,W) -> logits, on its device; dataset: items ((C,H,W) float in
+    [0,1], int label); classes: the K >= 3 classes, one image each (`example_targets`, saved in
+    out_dir as {dataset_name}_target_{class}.png and reused). With a `store`
+    (`RunStore.for_run` of an "examples" key, opened), the results file is written there
+    ({stem}_examples_dict.pkl, args from `lst.runstore.results_args` with `flags`), the same
+    file the command line writes.
+
     Returns a dict (numpy arrays, K = len(classes)): images (K,C,H,W), labels (K,),
+    target_files (the K example images' file names),
     blind_spots (K,K,C,H,W) [source s, target t], the diagonal holding the originals;
     init_confs (K,), final_confs / kept / l2 / linf / ssim / lpips (K,K); limbs (K,K,P) and
     straight (K,K,P): source-class confidence along source->blind spot and source->target;
@@ -100,7 +112,9 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     transfer_models (names) and the `lst.transfer.judge_pairs` arrays, (K,K,J) with
     J = 1 + len(transfer_models), judge 0 the model itself; NaN (pred -1) on the diagonal.
     """
-    images, labels = example_targets(model, dataset, classes, out_dir, dataset_name)
+    origin = provenance()
+    images, labels, target_files = example_targets(model, dataset, classes, Path(out_dir),
+                                                   dataset_name)
     k = len(classes)
     pairs = [(s, t) for s in range(k) for t in range(k) if s != t]
     src = torch.tensor([s for s, _ in pairs])
@@ -123,6 +137,7 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     blind = torch.from_numpy(run["final_images"])
     results = {
         "classes": list(classes), "images": images.numpy(), "labels": labels.numpy(),
+        "target_files": target_files,
         "blind_spots": square(run["final_images"], lambda s: images[s].numpy()),
         "init_confs": run["init_confs"].reshape(k, k - 1)[:, 0],
         "log_iters": run["log_iters"],
@@ -159,7 +174,19 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
                                                   [hull_pairs[m] for m in valid],
                                                   chunk_size=hull_chunk, precision=precision)
     results["hull_confs"] = confs
+    if store is not None:
+        key = _key_of(store, model)
+        store.write("examples_dict", results_args(key, origin, flags), results)
     return results
+
+
+def _key_of(store: RunStore, model: nn.Module) -> dict:
+    """The store's run key, completed with the model's weights fingerprint (in place, so that
+    the caller's key is the one written)."""
+    if store.key is None:
+        raise ValueError("the store has no run key: make it with RunStore.for_run")
+    store.key.setdefault("weights", weights_fingerprint(model))
+    return store.key
 
 
 def judges_of(model: nn.Module, transfer_models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
@@ -208,16 +235,20 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
                   rounds: int = 5, batch_size: int = 64, get_final_imgs: bool = False,
                   hull_chunk: int = 512, store: RunStore | None = None,
                   run_key: dict | None = None, rank: Rank = Rank(),
-                  transfer_models: Mapping[str, nn.Module] | None = None
-                  ) -> tuple[dict | None, dict | None]:
+                  transfer_models: Mapping[str, nn.Module] | None = None,
+                  flags: dict | None = None) -> tuple[dict | None, dict | None]:
     """LST from `num_samples` sources to `rounds` targets each, resumable and sharded.
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
     does not depend on the batch size, the number of processes or a resume. With a `store`
     (opened), every finished batch is saved there atomically with the run key, and a rerun with
     the same key skips the pairs already done; a saved plan or part with another key raises
-    ResumeError. run_key: the run's identity (`lst.runstore.run_key`; by default the settings
-    and sizes); the model's `weights_fingerprint` is added unless the key has "weights".
+    ResumeError. run_key: the run's identity (`lst.runstore.run_key`; by default the store's
+    key, else the settings and sizes); the model's `weights_fingerprint` is added unless the key
+    has "weights". A store made for the run (`RunStore.for_run`, opened) also gets the final
+    results files, as the command line writes them ({stem}_all_confs.pkl with get_final_imgs,
+    then {stem}_fulleval_dict.pkl, args from `lst.runstore.results_args` with `flags`), and its
+    partial state is removed.
     Under torch.distributed (`rank`), rank r takes the pairs k % world == r; rank 0 merges all
     parts (the store must then be on a filesystem all ranks share).
 
@@ -234,7 +265,9 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     None): hull_pairs (M,2) round pairs, hull_confs (N,M,66), limb_confs (N,R,21) and
     chord_confs (N,M,21), float32.
     """
-    started = time.time()
+    started, origin = time.time(), provenance()
+    if run_key is None and store is not None and store.key is not None:
+        run_key = _key_of(store, model)
     if run_key is None:
         run_key = {"settings": settings.as_dict(), "num_samples": num_samples, "rounds": rounds,
                    "get_final_imgs": get_final_imgs}
@@ -305,6 +338,12 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     log.info("full eval: %d pairs in %.0f s (%s), mean final confidence %.3f", n_pairs,
              time.time() - started, ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
              float(np.nanmean(results["final_confs"])))
+    if store is not None and store.key is not None:
+        file_args = results_args(run_key, origin, flags)
+        if all_confs is not None:  # the results dict last: a run counts as done once it exists
+            store.write("all_confs", file_args, all_confs)
+        store.write("fulleval_dict", file_args, results)
+        store.finish()
     return results, all_confs
 
 

@@ -105,8 +105,9 @@ def image_distances(images: torch.Tensor, targets: torch.Tensor, *, chunk_size: 
     Returns a dict of (N,) float64 arrays:
       l2: ||x - x_t||_2 / sqrt(C*H*W); linf: max |x - x_t|;
       ssim: SSIM with an 11x11 Gaussian window, sigma 1.5, data range 1 (see `ssim`);
-      lpips: LPIPS with AlexNet (torchmetrics' network); NaN when `lpips` is False or its weights
-        cannot be had. `lpips_net` overrides the network (e.g. a random-backbone one in tests).
+      lpips: LPIPS with AlexNet (torchmetrics' network; grayscale images as three equal
+        channels); NaN when `lpips` is False or its weights cannot be had. `lpips_net` overrides
+        the network (e.g. a random-backbone one in tests).
     Evaluated `chunk_size` pairs at a time under inference mode.
     """
     if images.shape != targets.shape:
@@ -121,5 +122,7 @@ def image_distances(images: torch.Tensor, targets: torch.Tensor, *, chunk_size: 
         out["linf"][part] = diff.abs().amax(dim=1).cpu().numpy()
         out["ssim"][part] = ssim(x, t).cpu().numpy()
         if net is not None:
-            out["lpips"][part] = net(x, t, normalize=True).flatten().cpu().numpy()
+            rgb = (-1, 3, -1, -1)  # the network takes RGB: gray repeated is the same picture
+            distance = net(x.expand(rgb), t.expand(rgb), normalize=True)
+            out["lpips"][part] = distance.flatten().cpu().numpy()
     return out

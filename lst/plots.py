@@ -28,9 +28,9 @@ DPI = 150
 
 
 def _hwc(image: np.ndarray) -> np.ndarray:
-    """(C,H,W) float in [0,1] or uint8 -> (H,W,C) float for imshow."""
+    """(C,H,W) float in [0,1] or uint8, C = 3 or 1 (grayscale) -> (H,W,3) float for imshow."""
     image = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image
-    return np.clip(image.transpose(1, 2, 0), 0, 1)
+    return np.clip(np.broadcast_to(image, (3, *image.shape[1:])).transpose(1, 2, 0), 0, 1)
 
 
 def _save(fig, path: Path) -> Path:

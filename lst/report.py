@@ -35,10 +35,13 @@ def _figures(folder: Path, run: Run) -> list[Path]:
 
 
 def _targets(folder: Path, run: Run) -> list[Path]:
-    """The example images of an examples run ({dataset}_target_{class}.png), in class order."""
+    """The example images of an examples run (its target_files; {dataset}_target_{class}.png
+    for results written before they were kept), in class order."""
     if run.kind != "examples":
         return []
-    found = [folder / f"{run.args['dataset']}_target_{c}.png" for c in run.results["classes"]]
+    names = run.results.get("target_files") or [f"{run.args['dataset']}_target_{c}.png"
+                                                for c in run.results["classes"]]
+    found = [folder / name for name in names]
     return [p for p in found if p.is_file()]
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .distributed import Rank, barrier, broadcast
-from .results import ResultsError, load_results, plain, save_results
+from .results import ResultsError, load_results, plain, results_stem, save_results
 from .traversal import LSTSettings
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,26 @@ def run_id(key: dict) -> str:
     return "k" + hashlib.sha256(text.encode()).hexdigest()[:7]
 
 
+def run_stem(key: dict, desc: str = "") -> str:
+    """The file stem of a run (`lst.results.results_stem`) from its key: model, dataset, step
+    size, iterations, adversarial step, classes or sample count, and the run id."""
+    settings = key["settings"]
+    return results_stem(desc=desc, model=key["model"], dataset=key["dataset"],
+                        step_size=settings["step_size"], iters=settings["iters"],
+                        adv_step_size=settings["adv_step_size"], classes=key.get("classes"),
+                        num_samples=key.get("num_samples"),
+                        run_id=run_id({k: v for k, v in key.items() if k not in LOADED_KEYS}))
+
+
+def results_args(key: dict, origin: dict, flags: dict | None = None) -> dict:
+    """The `args` of a results file: the flags (command line; none from Python), the model and
+    dataset names of the key, the full run key, the run id and where the results come from
+    (`provenance`, with the time it finished)."""
+    return {**(flags or {}), "model": key["model"], "dataset": key["dataset"], "run_key": key,
+            "run_id": run_id({k: v for k, v in key.items() if k not in LOADED_KEYS}),
+            "provenance": dict(origin, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
+
+
 def provenance() -> dict:
     """Package versions, the project's git commit (when known), host and start time."""
     versions = {}
@@ -116,19 +136,31 @@ def provenance() -> dict:
 class RunStore:
     """Owner of one run's files in `out_dir`, all named from `stem` (module docstring).
 
-    mode: "examples" or "full_eval". Use `open` as a context manager around the run: it checks
-    that the folder is writable, takes the lock and, on leaving, releases it and removes a
-    parts folder that holds nothing worth resuming.
+    mode: "examples" or "full_eval"; key: the run key (`run_key`) when the store is made for one
+    (`RunStore.for_run`), which `lst.run_examples` and `lst.run_full_eval` then use and complete
+    with the model's weights. Use `open` as a context manager around the run: it checks that the
+    folder is writable, takes the lock and, on leaving, releases it and removes a parts folder
+    that holds nothing worth resuming.
     """
 
     def __init__(self, out_dir: str | Path, stem: str, mode: str = "full_eval",
-                 rank: Rank = Rank()) -> None:
+                 rank: Rank = Rank(), key: dict | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.stem = stem
         self.rank = rank
+        self.key = key
         self.parts_dir = self.out_dir / f"{stem}_{mode.replace('_', '')}_parts"
         self._lock_fd: int | None = None
         self._made_out_dir = False
+
+    @classmethod
+    def for_run(cls, out_dir: str | Path, key: dict, *, desc: str = "",
+                rank: Rank = Rank()) -> "RunStore":
+        """The store of the run with this key (`run_key`), named as the command line names it
+        (`run_stem`), e.g. RunStore.for_run("out", run_key("examples", "mynet", "pets",
+        settings, classes=[0, 1, 2]))."""
+        mode = "examples" if key["mode"] == "examples" else "full_eval"
+        return cls(out_dir, run_stem(key, desc), mode, rank, key=key)
 
     def path(self, kind: str) -> Path:
         """The final results file of `kind` (examples_dict, fulleval_dict, all_confs)."""

@@ -69,9 +69,11 @@ def load_run(path: str | Path) -> Run:
 
 
 def model_label(args: dict) -> str:
-    """'ResNet-50 (AT)' from the run's model name (and its --desc, if any)."""
+    """'ResNet-50 (AT)' from the run's model name ARCH-TYPE (and its --desc, if any); any other
+    name (a user's model file or factory) as it is."""
     arch, _, kind = args["model"].rpartition("-")
-    label = ARCH_NAMES.get(arch, arch) + TYPE_NAMES.get(kind, f" ({kind})")
+    label = (ARCH_NAMES.get(arch, arch) + TYPE_NAMES[kind] if arch and kind in TYPE_NAMES
+             else args["model"])
     return f"{args['desc']}{label}" if args.get("desc") else label
 
 

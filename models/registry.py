@@ -35,6 +35,7 @@ from torch import nn
 
 from lst.data import DATASETS, DataConfig
 from models.architectures import ARCHITECTURES, Normalized
+from models.files import ModelError, input_shape, model_kind, user_model
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +58,30 @@ OWN_MODELS = {  # dataset -> names of the project's own models
 }
 
 
-class ModelError(ValueError):
-    """A model that cannot be had or built; the message is one line meant for the user."""
-
-
 def lst_home() -> Path:
     return Path(os.environ.get("LST_HOME", Path.home() / ".cache" / "lst")).expanduser()
 
 
 def known_models(dataset: str) -> list[str]:
-    """The registered names for `dataset` (ImageNet also takes any timm name as NAME-normal)."""
+    """The registered names for `dataset` (ImageNet also takes any timm name as NAME-normal; a
+    folder takes the names of every dataset)."""
+    if dataset == "folder":
+        return [n for d in DATASETS if d != "folder" for n in known_models(d)]
     names = [n for (d, n) in ROBUSTBENCH_MODELS if d == dataset] + list(OWN_MODELS.get(dataset, ()))
     if dataset == "imagenet":
         names = [f"{a}-normal" for a in TIMM_MODELS] + names + ["<any timm model>-normal"]
     return names
+
+
+def home_dataset(name: str, dataset: str) -> str:
+    """The dataset a registry name belongs to: `dataset` itself, or for a folder the dataset
+    whose registry knows the name (a NAME-normal that is none of them is taken as timm's)."""
+    if dataset != "folder":
+        return dataset
+    for home in DATASETS:
+        if (home, name) in ROBUSTBENCH_MODELS or name in OWN_MODELS.get(home, ()):
+            return home
+    return "imagenet"
 
 
 def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
@@ -83,7 +94,12 @@ def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 
 
 def frozen(model: nn.Module, device: torch.device | str) -> nn.Module:
-    model = model.eval().to(device)
+    """The model in eval mode on `device`, its parameters without gradients."""
+    try:
+        model.eval()
+    except NotImplementedError:  # a torch.export module: its mode was fixed when it was exported
+        pass
+    model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -183,7 +199,7 @@ def local_weights_file(name: str, dataset: str, checkpoint: str | None = None) -
     RobustBench weights (pinned by their tag and name) and own weights not trained yet."""
     if checkpoint is not None:
         return Path(checkpoint) if Path(checkpoint).is_file() else None
-    if name in OWN_MODELS.get(dataset, ()):
+    if model_kind(name) == "name" and name in OWN_MODELS.get(home_dataset(name, dataset), ()):
         path = own_weights_path(name)
         return path if path.is_file() else None
     return None
@@ -226,31 +242,74 @@ def _train_smallcnn(name: str, path: Path) -> None:
 
 
 def load_model(name: str, dataset: str, *, checkpoint: str | None = None,
-               model_dir: str | Path | None = None, device: torch.device | str = "cpu"
-               ) -> tuple[nn.Module, DataConfig]:
+               model_dir: str | Path | None = None, device: torch.device | str = "cpu",
+               mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+               image_size: tuple[int, int] | None = None) -> tuple[nn.Module, DataConfig]:
     """The model `name` for `dataset`, and how it wants its images.
 
-    checkpoint: a local weights file for the named architecture (--load_model_path): a timm
-        checkpoint, a RobustBench checkpoint, or a models.train weights file.
+    name: a registry name (module docstring; on a `folder` dataset, the name of any dataset), a
+        TorchScript file or package.module:callable (`models.files`).
+    checkpoint: a local weights file (--load_model_path): for a registry name a timm,
+        RobustBench or models.train checkpoint; for a callable a state dict.
     model_dir: RobustBench's model directory (default $LST_HOME/robustbench).
+    mean, std: per-channel statistics for a file or callable model that expects normalised
+        inputs (it is wrapped in `Normalized`); registry models normalise inside.
+    image_size: (H, W) a file or callable model takes; default: the dataset's image size.
     Returns (model, DataConfig): the model on `device`, eval mode, frozen, on [0,1] images.
-    Raises ModelError with a one-line message for an unknown name or weights that cannot be had.
+    Raises ModelError with a one-line message for an unknown name, weights that cannot be had or
+    do not fit, or a model that fails on images of its size.
     """
     if dataset not in DATASETS:
         raise ModelError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise ModelError(f"--load_model_path {checkpoint} is not a file")
+    if model_kind(name) != "name":
+        return _load_user_model(name, dataset, checkpoint, device, mean, std, image_size)
+    if mean is not None or std is not None or image_size is not None:
+        raise ModelError(f"{name} takes [0,1] images of its own size: --mean, --std and "
+                         "--image_size are for a TorchScript file or package.module:callable")
     model_dir = Path(model_dir) if model_dir is not None else lst_home() / "robustbench"
+    home = home_dataset(name, dataset)
     arch, _, kind = name.rpartition("-")
-    if (dataset, name) in ROBUSTBENCH_MODELS:
-        rb_dataset, rb_name, data = ROBUSTBENCH_MODELS[(dataset, name)]
+    if (home, name) in ROBUSTBENCH_MODELS:
+        rb_dataset, rb_name, data = ROBUSTBENCH_MODELS[(home, name)]
         model = _load_robustbench(rb_dataset, rb_name, model_dir, checkpoint)
-    elif name in OWN_MODELS.get(dataset, ()):
-        model = _load_own(name, dataset, checkpoint)
-        data = DataConfig(DATASETS[dataset].image_shape, None)
-    elif dataset == "imagenet" and kind == "normal" and arch:
+    elif name in OWN_MODELS.get(home, ()):
+        model = _load_own(name, home, checkpoint)
+        data = DataConfig(DATASETS[home].image_shape, None)
+    elif home == "imagenet" and kind == "normal" and arch:
         model, data = _load_timm(arch, checkpoint)
     else:
         raise ModelError(f"unknown model {name!r} for {dataset}; known: "
-                         f"{', '.join(known_models(dataset))}")
+                         f"{', '.join(known_models(dataset))}, or a TorchScript file, or "
+                         "package.module:callable")
     return frozen(model, device), data
+
+
+def _load_user_model(spec: str, dataset: str, checkpoint: str | None, device: torch.device | str,
+                     mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
+                     image_size: tuple[int, int] | None) -> tuple[nn.Module, DataConfig]:
+    """A TorchScript file or factory (`models.files.user_model`) on `device`, its channels found
+    by running it (`input_shape`), wrapped in `Normalized` when `mean`/`std` are given."""
+    shape = DATASETS[dataset].image_shape
+    if image_size is None:
+        if shape is None:
+            raise ModelError(f"{spec} does not say its input size: pass --image_size H W")
+        image_size = shape[1:]
+    elif shape is not None and dataset != "imagenet" and tuple(image_size) != shape[1:]:
+        raise ModelError(f"{dataset} images are {shape[1]}x{shape[2]}; --image_size "
+                         f"{image_size[0]} {image_size[1]} does not fit them")
+    model = frozen(user_model(spec, checkpoint), device)
+    input_size, _ = input_shape(model, tuple(image_size))
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise ModelError("--mean and --std go together")
+        channels = input_size[0]
+        if len(mean) != channels or len(std) != channels:
+            raise ModelError(f"{spec} takes {channels}-channel images: --mean and --std need "
+                             f"{channels} value(s) each, got {len(mean)} and {len(std)}")
+        if any(s == 0 for s in std):
+            raise ModelError("--std must not be 0")
+        model = frozen(Normalized(model, tuple(mean), tuple(std)), device)
+    crop_pct = 0.875 if dataset == "imagenet" else None  # ImageNet's resize 256, crop 224
+    return model, DataConfig(input_size, crop_pct)

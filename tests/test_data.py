@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from lst.data import (DataConfig, DataError, assign_targets, dataset_labels, load_dataset,
-                      random_classes, select_sources, select_targets)
+from lst.data import DataConfig, DataError, dataset_labels, load_dataset
+from lst.sampling import assign_targets, random_classes, select_sources, select_targets
 from lst.shapes import ShapesDataset
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -170,6 +170,9 @@ def test_dataset_records_are_consistent():
 
     args = cli.parse_args(["m", "shapes", "--examples"])
     for info in DATASETS.values():
+        if info.class_names is None:  # a folder: its classes come with its path
+            assert info.path_flag is not None and info.needs_model_config
+            continue
         assert info.num_classes == len(info.class_names) == len(set(info.class_names))
         assert len(set(info.default_targets)) >= 3
         assert all(0 <= c < info.num_classes for c in info.default_targets)
@@ -195,3 +198,65 @@ def test_check_args_takes_classes_from_the_record(monkeypatch):
     bad = cli.parse_args(["smallcnn-normal", "tiny", "--examples", "--target_classes", "1", "2", "4"])
     with pytest.raises(DataError, match="tiny has classes 0..3"):
         cli.check_args(bad)
+
+
+# -- the folder dataset (torchvision's ImageFolder convention) --------------------------------
+
+
+def test_folder_classes_follow_classes_txt_which_may_name_classes_without_images(tmp_path):
+    from lst.data import dataset_info, folder_classes, load_folder
+
+    write_tree(tmp_path, ["zebra", "ant", "moth"], 2, size=(20, 20))
+    assert folder_classes(tmp_path) == ("ant", "moth", "zebra")  # sorted without classes.txt
+    (tmp_path / "classes.txt").write_text("zebra\nnothing here\nant\n\nmoth\n")
+    info = dataset_info("folder", tmp_path)
+    assert info.class_names == ("zebra", "nothing here", "ant", "moth")
+    assert info.default_targets == (0, 2, 3)  # the classes that have images
+    data = load_folder(tmp_path, DataConfig((3, 20, 20), None))
+    assert sorted(set(data.targets)) == [0, 2, 3] and len(data) == 6
+    assert data.classes[data[0][1]] == Path(data.samples[0][0]).parent.name
+    (tmp_path / "classes.txt").write_text("zebra\nant\nzebra\nmoth\n")
+    with pytest.raises(DataError, match="'zebra' comes more than once"):
+        folder_classes(tmp_path)
+
+
+def test_folder_images_of_any_size_format_and_mode_are_resized_cropped_and_converted(tmp_path):
+    from torchvision import transforms as T
+
+    from lst.data import folder_image_size, load_folder
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)  # H 30, W 40
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "a" / "x.bmp")
+    Image.fromarray(pixels).convert("L").save(tmp_path / "b" / "y.gif")  # not in ImageFolder's list
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    (tmp_path / "b" / ".hidden.png").write_bytes(b"")
+    assert folder_image_size(tmp_path) == (30, 40)
+    rgb = load_folder(tmp_path, DataConfig((3, 16, 16), None))
+    assert len(rgb) == 2
+    expected = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor()])(Image.fromarray(pixels))
+    torch.testing.assert_close(rgb[0][0], expected)
+    gray_as_rgb = rgb[1][0]
+    assert gray_as_rgb.shape == (3, 16, 16) and torch.equal(gray_as_rgb[0], gray_as_rgb[2])
+    gray = load_folder(tmp_path, DataConfig((1, 30, 40), None))
+    assert gray[0][0].shape == (1, 30, 40)  # already the size: not resampled
+    torch.testing.assert_close(gray[0][0][0], T.ToTensor()(Image.fromarray(pixels).convert("L"))[0])
+    cropped = load_folder(tmp_path, DataConfig((3, 24, 24), 0.75, "bicubic"))  # resize 32, crop 24
+    assert cropped[0][0].shape == (3, 24, 24)
+    Image.fromarray(pixels[:20]).save(tmp_path / "a" / "z.png")
+    with pytest.raises(DataError, match=r"2 sizes \(30x40 .*x\.bmp, 20x40 .*z\.png"):
+        folder_image_size(tmp_path)
+    with pytest.raises(DataError, match="3 \\(RGB\\) or 1 \\(grayscale\\)"):
+        load_folder(tmp_path, DataConfig((4, 16, 16), None))
+
+
+def test_two_folders_of_one_name_never_share_example_images(tmp_path):
+    from lst.data import dataset_label, examples_prefix
+
+    a, b = tmp_path / "one" / "my pets", tmp_path / "two" / "my pets"
+    assert dataset_label("folder", a) == dataset_label("folder", b) == "my-pets"
+    assert examples_prefix("folder", a) != examples_prefix("folder", b)
+    assert examples_prefix("folder", a).startswith("my-pets-")
+    assert examples_prefix("cifar10", "anything") == dataset_label("cifar10", "x") == "cifar10"
