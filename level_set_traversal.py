@@ -26,9 +26,11 @@ import torch
 
 from lst.data import (DataError, check_root, dataset_info, dataset_label, examples_prefix,
                       folder_image_size, load_dataset)
+from lst.metrics import alexnet_weights_path
 from lst.progress import set_quiet
 from lst.results import ResultsError, WriteError
-from lst.runstore import RunStore, file_digest, run_key, weights_fingerprint
+from lst.identity import file_digest, run_key, weights_fingerprint
+from lst.runstore import RunStore
 from lst.sampling import random_classes
 from lst.traversal import LSTSettings
 
@@ -227,7 +229,7 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
 
 
 def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
-    """The run key of these flags (lst.runstore.run_key): what decides the results. Keys that
+    """The run key of these flags (lst.identity.run_key): what decides the results. Keys that
     only some runs have (judges, a user's model file, preprocessing) are absent otherwise, so
     the run ids of runs without them stay as they were."""
     from models import local_weights_file, model_file_digest, model_kind, model_name
@@ -241,6 +243,8 @@ def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
                      if getattr(args, n) is not None}
     if preprocessing:
         sizes["preprocessing"] = preprocessing
+    if alexnet_weights_path() is not None:  # LPIPS is computed, not NaN: another run
+        sizes["lpips"] = True
     if args.transfer_models:
         sizes["transfer_models"] = [model_name(m) for m in args.transfer_models]
         files = [local_weights_file(name, args.dataset) for name in args.transfer_models]
@@ -256,7 +260,7 @@ def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
 
 def results_flags(args: argparse.Namespace) -> dict:
     """The flags as a results file keeps them; a file or callable model's argument as given is
-    `model_spec` (`model` is its name, `lst.runstore.results_args`)."""
+    `model_spec` (`model` is its name, `lst.identity.results_args`)."""
     from models import model_name
 
     flags = vars(args).copy()
@@ -338,10 +342,11 @@ class Interrupted(Exception):
 
 
 def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
-    from lst.experiments import run_examples
+    from lst.experiments import example_image_digests, run_examples
     from lst.plots import plot_examples
 
     key = run_identity(args, settings)
+    prefix = examples_prefix(args.dataset, data_root(args))
     store = RunStore.for_run(args.out_dir, key, desc=args.desc)
     names = check_root(args.dataset, data_root(args)).class_names
     if args.load_dict:
@@ -353,12 +358,14 @@ def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
         with store.open():
             model, dataset, transfer_models = model_and_data(args)
             add_loaded_weights(key, model, transfer_models)
+            key["example_images"] = example_image_digests(store.out_dir, prefix,
+                                                          args.target_classes)
             if not args.overwrite and store.finished("examples_dict", key):
                 return (f"already done: {store.path('examples_dict')} holds this run "
                         "(--load_dict redraws its figures, --overwrite recomputes it)")
             results = run_examples(model, dataset, args.target_classes, settings,
                                    out_dir=store.out_dir,
-                                   dataset_name=examples_prefix(args.dataset, data_root(args)),
+                                   dataset_name=prefix,
                                    batch_size=args.batch_size, transfer_models=transfer_models,
                                    store=store, flags=results_flags(args))
             figures = plot_examples(results, [names[c] for c in results["classes"]],

@@ -24,7 +24,8 @@ from .hull import (HULL_DELTAS, delta_curve, hull_confidences, hull_stats, limbs
                    segment_confidences, segment_stats, source_hull_confidences, source_hull_stats,
                    triangle_grid)
 from .metrics import image_distances, lpips_network
-from .runstore import RunStore, run_key
+from .identity import run_key
+from .runstore import RunStore
 from .transfer import judge
 from .traversal import LSTResult, LSTSettings, initial_noise, level_set_traversal, orthogonal_step
 from .uncertainty import estimate

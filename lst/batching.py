@@ -31,3 +31,10 @@ def sample_generator(seed: int, sample_id: int, stream: str, device: torch.devic
     generator = torch.Generator(device=device)
     generator.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
     return generator
+
+
+def image_chunk(chunk_size: int, image_numel: int, budget: int = 1 << 24) -> int:
+    """How many images of `image_numel` values to build and evaluate at once: `chunk_size`, or
+    fewer so that a chunk holds at most `budget` values (1 << 24: 64 MB of float32, 111 images
+    of 3x224x224, the whole 512 of 32x32), so that memory does not grow with the image size."""
+    return max(1, min(chunk_size, budget // max(1, image_numel)))

@@ -5,7 +5,9 @@ normalisation lives inside the model. The device of a computation is always the 
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import functools
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -23,11 +25,39 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode for the block, every module's own mode restored afterwards: a
+    model handed over in train mode (BatchNorm, dropout) is measured as it predicts, and its
+    running statistics are never updated by the measurement (docs/design.md, "Models")."""
+    modes = [(module, module.training) for module in model.modules()]
+    if any(training for _, training in modes):
+        try:
+            model.eval()
+        except NotImplementedError:  # a torch.export module: its mode was fixed at export
+            modes = []
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def in_eval_mode(function: Callable) -> Callable:
+    """Decorator: `function(model, ...)` runs with the model in eval mode (`evaluating`)."""
+    @functools.wraps(function)
+    def wrapper(model: nn.Module, *args, **kwargs):
+        with evaluating(model):
+            return function(model, *args, **kwargs)
+    return wrapper
+
+
 def class_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """softmax(logits)[n, labels[n]]: (N,K) logits, (N,) int labels -> (N,) in [0,1]."""
     return torch.softmax(logits.float(), dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
 
 
+@in_eval_mode
 @torch.inference_mode()
 def confidences_of(model: nn.Module, make_images: Callable[[slice], torch.Tensor],
                    labels: torch.Tensor, total: int, chunk_size: int = 256,
@@ -47,6 +77,7 @@ def confidences_of(model: nn.Module, make_images: Callable[[slice], torch.Tensor
     return out
 
 
+@in_eval_mode
 @torch.inference_mode()
 def probabilities(model: nn.Module, images: torch.Tensor, chunk_size: int = 256,
                   precision: str = "fp32") -> torch.Tensor:

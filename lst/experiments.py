@@ -11,7 +11,7 @@ import logging
 import time
 from itertools import combinations
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .batching import chunks
-from .confidence import model_device
+from .confidence import in_eval_mode, model_device
 from .data import dataset_labels, read_image, stack_items
 from .distributed import Rank, barrier, broadcast
 from .hull import (SEGMENT_POINTS, aggregate_pairs, hull_stats, limbs_and_chords,
@@ -28,7 +28,8 @@ from .hull import (SEGMENT_POINTS, aggregate_pairs, hull_stats, limbs_and_chords
 from .metrics import image_distances
 from .progress import progress_bar
 from .results import atomic_write
-from .runstore import ResumeError, RunStore, provenance, results_args, weights_fingerprint
+from .identity import file_digest, provenance, results_args, weights_fingerprint
+from .runstore import ResumeError, RunStore
 from .sampling import assign_targets, select_sources, select_targets
 from .transfer import judge_pairs
 from .traversal import LSTSettings, level_set_traversal
@@ -89,6 +90,15 @@ def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], 
     return torch.stack(images).float() / 255, torch.tensor(list(classes)), names
 
 
+def example_image_digests(out_dir: str | Path, dataset_name: str, classes: Sequence[int]
+                          ) -> list[str | None]:
+    """The content hash of each saved example image {dataset_name}_target_{class}.png (None
+    where there is none yet): the run key's "example_images" of an examples run."""
+    paths = [Path(out_dir) / f"{dataset_name}_target_{c}.png" for c in classes]
+    return [file_digest(p) if p.is_file() else None for p in paths]
+
+
+@in_eval_mode
 def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], settings: LSTSettings,
                  *, out_dir: str | Path, dataset_name: str, batch_size: int = 64,
                  hull_chunk: int = 512, transfer_models: Mapping[str, nn.Module] | None = None,
@@ -99,7 +109,7 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     [0,1], int label); classes: the K >= 3 classes, one image each (`example_targets`, saved in
     out_dir as {dataset_name}_target_{class}.png and reused). With a `store`
     (`RunStore.for_run` of an "examples" key, opened), the results file is written there
-    ({stem}_examples_dict.pkl, args from `lst.runstore.results_args` with `flags`), the same
+    ({stem}_examples_dict.pkl, args from `lst.identity.results_args` with `flags`), the same
     file the command line writes.
 
     Returns a dict (numpy arrays, K = len(classes)): images (K,C,H,W), labels (K,),
@@ -115,6 +125,9 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     origin = provenance()
     images, labels, target_files = example_targets(model, dataset, classes, Path(out_dir),
                                                    dataset_name)
+    if store is not None:  # the images decide the results: their content joins the run key
+        _key_of(store, model)["example_images"] = example_image_digests(
+            Path(out_dir), dataset_name, classes)
     k = len(classes)
     pairs = [(s, t) for s in range(k) for t in range(k) if s != t]
     src = torch.tensor([s for s, _ in pairs])
@@ -223,14 +236,15 @@ def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, n
                 plan = {"pool": pool, "targets": assign_targets(labels, rounds, seed=settings.seed)}
                 if store is not None:
                     store.save_plan(run_key, plan)
-        except ValueError as err:  # DataError, ResultsError: every rank must stop, not wait
-            error = err
+        except (ValueError, OSError) as err:  # DataError, ResultsError, an unreadable file:
+            error = err                            # every rank must stop, not wait
     plan, error = broadcast((plan, error))
     if error is not None:
         raise error
     return plan
 
 
+@in_eval_mode
 def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, num_samples: int,
                   rounds: int = 5, batch_size: int = 64, get_final_imgs: bool = False,
                   hull_chunk: int = 512, store: RunStore | None = None,
@@ -243,11 +257,11 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     does not depend on the batch size, the number of processes or a resume. With a `store`
     (opened), every finished batch is saved there atomically with the run key, and a rerun with
     the same key skips the pairs already done; a saved plan or part with another key raises
-    ResumeError. run_key: the run's identity (`lst.runstore.run_key`; by default the store's
+    ResumeError. run_key: the run's identity (`lst.identity.run_key`; by default the store's
     key, else the settings and sizes); the model's `weights_fingerprint` is added unless the key
     has "weights". A store made for the run (`RunStore.for_run`, opened) also gets the final
     results files, as the command line writes them ({stem}_all_confs.pkl with get_final_imgs,
-    then {stem}_fulleval_dict.pkl, args from `lst.runstore.results_args` with `flags`), and its
+    then {stem}_fulleval_dict.pkl, args from `lst.identity.results_args` with `flags`), and its
     partial state is removed.
     Under torch.distributed (`rank`), rank r takes the pairs k % world == r; rank 0 merges all
     parts (the store must then be on a filesystem all ranks share).
@@ -302,7 +316,9 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
                 run.update(judge_pairs(judges, torch.from_numpy(run["final_images"]), tgt_images,
                                        src_labels, tgt_labels))
                 seconds["transfer"] += time.time() - clock
-            if not get_final_imgs:
+            if get_final_imgs:  # 8-bit, as the results hold them (147 KB a pair at 224x224)
+                run["final_images"] = to_uint8(run["final_images"])
+            else:
                 run.pop("final_images")
             run["pair_ids"] = ids
             if store is not None:
@@ -313,9 +329,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     barrier()
     if not rank.is_main:
         return None, None
-    if store is not None:
-        in_memory = store.load_parts(run_key)
-    merged = _merge_parts(in_memory, n_pairs)
+    merged = _merge_parts(store.iter_parts(run_key) if store is not None else in_memory, n_pairs)
+    in_memory.clear()
     n = len(pool)
     labels = dataset_labels(dataset)[pool]
     results = {"source_indices": pool, "labels": labels, "target_indices": pool[targets],
@@ -327,8 +342,7 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
         results[key] = value.reshape(n, rounds, *value.shape[1:])
     all_confs = None
     if get_final_imgs:
-        blind = torch.from_numpy(blind).view(n, rounds, *blind.shape[1:])
-        results["final_images"] = (blind * 255).round().to(torch.uint8).numpy()
+        results["final_images"] = blind = blind.reshape(n, rounds, *blind.shape[1:])
         results["hull_stats"], results["segment_stats"], all_confs = _full_eval_hulls(
             model, dataset, pool, blind, hull_chunk, settings.precision, seconds)
     results["float32_violations"] = float32_violations(results["init_confs"],
@@ -347,25 +361,43 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     return results, all_confs
 
 
-def _merge_parts(parts: list[dict], n_pairs: int) -> dict:
-    """Stack per-batch results into arrays indexed by pair id (0..n_pairs-1)."""
-    ids = np.concatenate([p["pair_ids"] for p in parts])
-    if len(ids) != n_pairs or not np.array_equal(np.sort(ids), np.arange(n_pairs)):
-        raise ResumeError(f"saved parts cover {len(np.unique(ids))} of {n_pairs} pairs")
-    order = np.argsort(ids)
-    merged = {"log_iters": parts[0]["log_iters"]}
-    for key, value in parts[0].items():
-        if key not in ("pair_ids", "log_iters") and value is not None:
-            merged[key] = np.concatenate([p[key] for p in parts])[order]
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Images in [0,1] (float) as 8-bit: round(255 x); uint8 images as they are."""
+    if images.dtype == np.uint8:
+        return images
+    return (torch.from_numpy(images) * 255).round().to(torch.uint8).numpy()
+
+
+def _merge_parts(parts: Iterable[dict], n_pairs: int) -> dict:
+    """Per-batch results, read one batch at a time, into arrays indexed by pair id
+    (0..n_pairs-1): memory holds the merged arrays and one batch, never all batches at once.
+    final_images come out 8-bit (parts saved before they were stored 8-bit are rounded here)."""
+    merged, seen = None, np.zeros(n_pairs, dtype=bool)
+    for part in parts:
+        ids = np.asarray(part["pair_ids"], dtype=np.int64)
+        arrays = {k: (to_uint8(v) if k == "final_images" else np.asarray(v))
+                  for k, v in part.items() if k not in ("pair_ids", "log_iters") and v is not None}
+        if merged is None:
+            merged = {"log_iters": part["log_iters"]}
+            merged.update({k: np.empty((n_pairs, *v.shape[1:]), dtype=v.dtype)
+                           for k, v in arrays.items()})
+        if seen[ids].any():
+            raise ResumeError(f"pair {int(ids[seen[ids]][0])} is saved twice")
+        seen[ids] = True
+        for key, value in arrays.items():
+            merged[key][ids] = value
+    if merged is None or not seen.all():
+        raise ResumeError(f"saved parts cover {int(seen.sum())} of {n_pairs} pairs")
     return merged
 
 
-def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind: torch.Tensor,
+def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind: np.ndarray,
                      hull_chunk: int, precision: str, seconds: dict
                      ) -> tuple[dict, dict, dict]:
     """Tables 2 and 2b: each source with every pair of its blind spots, and the straight limbs
-    and chords between them (blind: (N,R,C,H,W) float). Adds the time of the triangles and of
-    the limbs and chords to `seconds`."""
+    and chords between them, one source at a time (blind: (N,R,C,H,W) uint8, the 8-bit blind
+    spots the results hold, so the tables describe the saved images). Adds the time of the
+    triangles and of the limbs and chords to `seconds`."""
     n, rounds = blind.shape[:2]
     hull_pairs = list(combinations(range(rounds), 2))
     confs = torch.empty(n, len(hull_pairs), len(triangle_grid()))
@@ -375,12 +407,13 @@ def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind
     with progress_bar(range(n), desc="hulls", leave=False) as sources:
         for i in sources:
             image, label = dataset[int(pool[i])]
+            spots = torch.from_numpy(np.asarray(blind[i])).float() / 255
             clock = time.time()
-            confs[i] = source_hull_confidences(model, image, label, blind[i], hull_pairs,
+            confs[i] = source_hull_confidences(model, image, label, spots, hull_pairs,
                                                chunk_size=hull_chunk, precision=precision)
             seconds["triangles"] += time.time() - clock
             clock = time.time()
-            limbs[i], chords[i] = limbs_and_chords(model, image, label, blind[i], hull_pairs,
+            limbs[i], chords[i] = limbs_and_chords(model, image, label, spots, hull_pairs,
                                                    confs[i], hull_chunk, precision)
             seconds["limbs_chords"] += time.time() - clock
     stats = aggregate_pairs(hull_stats(confs.view(-1, confs.shape[-1])), len(hull_pairs))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .batching import image_chunk
 from .confidence import confidences_of, model_device
 
 HULL_DELTAS = (0.0, 0.1, 0.2, 0.3)
@@ -43,26 +44,45 @@ def triangle_edges(n: int = 10) -> dict[str, np.ndarray]:
 
 
 @torch.inference_mode()
+def blend(weights: torch.Tensor, vertices: torch.Tensor, part: slice) -> torch.Tensor:
+    """Points `part` of the flat list (shape m, point k) -> sum_v weights[k, v] vertices[m, v].
+
+    weights: (P,V) float; vertices: (M,V,C,H,W) on one device. Returns (len(part),C,H,W), built
+    one shape at a time as a (P',V) x (V,CHW) matrix product (no gathered copies of the
+    vertices)."""
+    p = len(weights)
+    out = torch.empty(part.stop - part.start, *vertices.shape[2:], device=vertices.device)
+    flat = out.view(len(out), -1)
+    start = part.start
+    while start < part.stop:
+        m, first = divmod(start, p)
+        stop = min(part.stop, (m + 1) * p)
+        torch.mm(weights[first:first + stop - start], vertices[m].reshape(len(vertices[m]), -1),
+                 out=flat[start - part.start:stop - part.start])
+        start = stop
+    return out
+
+
 def hull_confidences(model: nn.Module, sources: torch.Tensor, first: torch.Tensor,
                      second: torch.Tensor, labels: torch.Tensor, n: int = 10,
                      chunk_size: int = 512, precision: str = "fp32") -> torch.Tensor:
     """p_y over the triangle (source, first, second) at the points of `triangle_grid(n)`.
 
     sources, first, second: (M,C,H,W) in [0,1], one triangle per row; labels: (M,) source classes.
-    Points are built chunk by chunk (at most `chunk_size` images per forward) on the model's
+    Points are built chunk by chunk (at most `chunk_size` images per forward, fewer for large
+    images: `lst.batching.image_chunk`) on the model's
     device, in the model arithmetic `precision` (lst.precision). Returns (M,P) float32 on the
     CPU, columns in `triangle_grid` order.
     """
     device = model_device(model)
     weights = triangle_grid(n).float().to(device)
     vertices = torch.stack([sources, first, second], dim=1).to(device)  # (M,3,C,H,W)
+    chunk_size = image_chunk(chunk_size, sources[0].numel())
     m, p = len(sources), len(weights)
     point_labels = labels.to(device).repeat_interleave(p)
 
     def make_images(part: slice) -> torch.Tensor:
-        idx = torch.arange(part.start, part.stop, device=device)
-        w = weights[idx % p].view(-1, 3, 1, 1, 1)
-        return (w * vertices[idx // p]).sum(dim=1).clamp_(0, 1)
+        return blend(weights, vertices, part).clamp_(0, 1)
 
     return confidences_of(model, make_images, point_labels, m * p, chunk_size,
                           precision).view(m, p).cpu()
@@ -155,12 +175,13 @@ def segment_confidences(model: nn.Module, starts: torch.Tensor, ends: torch.Tens
     p = len(weights)
     starts, ends = starts.to(device), ends.to(device)
     total = len(starts) * p
+    chunk_size = image_chunk(chunk_size, starts[0].numel()) if total else chunk_size
     point_labels = labels.to(device).repeat_interleave(p)
 
+    ends_of = torch.stack([starts, ends], dim=1)  # (N,2,C,H,W)
+
     def make_images(part: slice) -> torch.Tensor:
-        idx = torch.arange(part.start, part.stop, device=device)
-        k, w = idx // p, weights[idx % p].view(-1, 2, 1, 1, 1)
-        return (w[:, 0] * starts[k] + w[:, 1] * ends[k]).clamp_(0, 1)
+        return blend(weights, ends_of, part).clamp_(0, 1)
 
     confs = confidences_of(model, make_images, point_labels, total, chunk_size, precision)
     return confs.view(len(starts), p).cpu()

@@ -16,12 +16,15 @@ import torch
 from torch import nn
 from torchvision.models import AlexNet_Weights
 
-from .batching import chunks
+from .batching import chunks, image_chunk
 
 log = logging.getLogger(__name__)
 
 ALEXNET_FILE = AlexNet_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]  # alexnet-owt-7be5be79.pth
 ALEXNET_ENV = "LST_ALEXNET_WEIGHTS"
+# pixel values a chunk of `image_distances` holds: torchmetrics' SSIM map takes about 60 times
+# its input's memory (a batch of 100 224x224 images: 3.7 GB), so large images go a few at a time
+CHUNK_ELEMENTS = 1 << 21
 _LPIPS_CACHE: dict[tuple[str, bool], nn.Module | None] = {}
 
 
@@ -108,11 +111,14 @@ def image_distances(images: torch.Tensor, targets: torch.Tensor, *, chunk_size: 
       lpips: LPIPS with AlexNet (torchmetrics' network; grayscale images as three equal
         channels); NaN when `lpips` is False or its weights cannot be had. `lpips_net` overrides
         the network (e.g. a random-backbone one in tests).
-    Evaluated `chunk_size` pairs at a time under inference mode.
+    Evaluated `chunk_size` pairs at a time (fewer for large images: at most CHUNK_ELEMENTS pixel
+    values a chunk, 13 images of 224x224) under inference mode.
     """
     if images.shape != targets.shape:
         raise ValueError(f"images {tuple(images.shape)} and targets {tuple(targets.shape)} differ")
     n = len(images)
+    if n:
+        chunk_size = image_chunk(chunk_size, images[0].numel(), CHUNK_ELEMENTS)
     net = lpips_net if lpips_net is not None else (lpips_network(images.device) if lpips else None)
     out = {k: np.full(n, np.nan) for k in ("l2", "linf", "ssim", "lpips")}
     for part in chunks(n, chunk_size):

@@ -8,7 +8,6 @@ is rejected with ResultsError before any of it runs.
 """
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import tempfile
@@ -56,7 +55,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         if value.dtype == object:
             raise TypeError("object arrays are not allowed in results")
-        return value
+        return value if type(value) is np.ndarray else value.view(np.ndarray)  # a memmap too
     if hasattr(value, "detach") and hasattr(value, "numpy"):  # torch.Tensor
         return value.detach().cpu().numpy()
     if isinstance(value, Path):
@@ -94,28 +93,107 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
-def save_results(path: str | Path, args: dict, results: dict) -> Path:
-    """Write {"args", "results"} to `path` atomically (see `atomic_write`)."""
+SEPARATE = "npy_file"  # results[key] = {SEPARATE: name}: the array lives in that .npy file
+
+
+def array_file(path: str | Path, key: str) -> Path:
+    """Where `save_results(path, ..., separate=[key])` puts results[key]: {stem}_{key}.npy."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_{key}.npy")
+
+
+def write_npy(f: BinaryIO, array: np.ndarray) -> None:
+    """`array` in .npy format (np.load reads it) through f.write, so that a full disk is the
+    usual OSError (np.save writes real files with tofile, which says only how much it wrote)."""
+    array = np.ascontiguousarray(array)
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+    f.write(memoryview(array.reshape(-1)).cast("B"))
+
+
+def save_results(path: str | Path, args: dict, results: dict, separate: tuple[str, ...] = ()
+                 ) -> Path:
+    """Write {"args", "results"} to `path` atomically (see `atomic_write`). Each array named in
+    `separate` (e.g. a full_eval's final_images) is written first, atomically, to its own .npy
+    file beside it (`array_file`), and the pickle holds {"npy_file": its name} in its place, so
+    that reading the pickle never reads those arrays (`load_results` maps them back lazily)."""
+    results = dict(results)
+    for key in separate:
+        if results.get(key) is not None:
+            npy = array_file(path, key)
+            atomic_write(npy, lambda f, a=results[key]: write_npy(f, a))
+            results[key] = {SEPARATE: npy.name}
     payload = {"args": plain(args), "results": plain(results)}
     return atomic_write(path, lambda f: pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def load_results(path: str | Path) -> dict:
-    """Read a results file safely. Raises ResultsError naming the file on any problem."""
-    path = Path(path)
+def _safe_load(f: BinaryIO, path: Path):
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ResultsError(f"cannot read results file {path}: {err.strerror or err}") from None
-    try:
-        payload = _SafeUnpickler(io.BytesIO(data)).load()
+        return _SafeUnpickler(f).load()
     except pickle.UnpicklingError as err:
         raise ResultsError(f"{path} is not a safe results file: {err}") from None
     except Exception as err:  # truncated, foreign or corrupt
         raise ResultsError(f"{path} is not a readable results file ({type(err).__name__})") from None
+
+
+def load_results(path: str | Path) -> dict:
+    """Read a results file safely. Raises ResultsError naming the file on any problem. Arrays
+    that live in their own .npy file (`save_results`' separate) come back memory-mapped,
+    read-only: nothing of them is read until it is used."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            payload = _safe_load(f, path)
+    except OSError as err:
+        raise ResultsError(f"cannot read results file {path}: {err.strerror or err}") from None
     if not isinstance(payload, dict) or set(payload) != {"args", "results"}:
         raise ResultsError(f"{path} is not a results file of this tool")
+    results = payload["results"]
+    for key, value in list(results.items()) if isinstance(results, dict) else []:
+        if isinstance(value, dict) and set(value) == {SEPARATE}:
+            npy = path.parent / Path(value[SEPARATE]).name
+            try:
+                results[key] = np.load(npy, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise ResultsError(f"cannot read {npy}, the {key} of {path}: "
+                                   f"{getattr(err, 'strerror', None) or err}") from None
     return payload
+
+
+def save_with_header(path: str | Path, header: dict, body: dict) -> Path:
+    """Write two pickles into one file, atomically: a small `header` that `load_header` reads
+    without the rest, then `body` (both plain, as results)."""
+    header, body = plain(header), plain(body)
+
+    def write(f: BinaryIO) -> None:
+        pickle.dump(header, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(body, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    return atomic_write(path, write)
+
+
+def load_header(path: str | Path) -> dict:
+    """The first pickle of a file (`save_with_header`'s header), read safely; the rest of the
+    file is not read. ResultsError naming the file on any problem."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _safe_load(f, path)
+    except OSError as err:
+        raise ResultsError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def load_with_header(path: str | Path) -> tuple[dict, dict | None]:
+    """(header, body) of a `save_with_header` file, read safely; body None for a file of one
+    pickle (a results file)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header = _safe_load(f, path)
+            if not f.peek(1):
+                return header, None
+            return header, _safe_load(f, path)
+    except OSError as err:
+        raise ResultsError(f"cannot read {path}: {err.strerror or err}") from None
 
 
 def _fmt(x: float) -> str:
@@ -128,7 +206,7 @@ def results_stem(*, desc: str, model: str, dataset: str, step_size: float, iters
     """The paper's file stem: {desc}{model}_{dataset}_{classes or Nsamples}_stepsize-..._advstepsize-...
 
     classes are joined by '-'; advstepsize is 0 without the adversarial term. With `run_id`
-    (`lst.runstore.run_id`) the stem ends in _{run_id}: runs that differ in anything else that
+    (`lst.identity.run_id`) the stem ends in _{run_id}: runs that differ in anything else that
     decides their results still get different names.
     """
     what = "-".join(str(c) for c in classes) if classes is not None else f"{num_samples}samples"

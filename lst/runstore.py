@@ -1,5 +1,5 @@
-"""The files of one run in its output folder, and the run's identity (docs/design.md, "The run
-store").
+"""The files of one run in its output folder (docs/design.md, "The run store"); the run's
+identity (run key, run id, fingerprints) is `lst.identity`.
 
     {out_dir}/{stem}_{kind}.pkl     final results files: kind examples_dict, fulleval_dict,
                                     all_confs (lst.results format)
@@ -18,24 +18,20 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import shutil
 import socket
-import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-import torch
-from torch import nn
 
 from .distributed import Rank, barrier, broadcast
-from .results import ResultsError, load_results, plain, results_stem, save_results
-from .traversal import LSTSettings
+from .identity import key_differences, run_stem
+from .results import (ResultsError, load_header, load_results, load_with_header, plain,
+                      save_results, save_with_header)
 
 log = logging.getLogger(__name__)
 
@@ -46,91 +42,6 @@ class ResumeError(ResultsError):
 
 class RunLockedError(ResultsError):
     """Another live run holds this run's lock."""
-
-
-LOADED_KEYS = ("weights", "transfer_weights")  # known once the models are loaded; not in the run id
-
-
-def run_key(mode: str, model: str, dataset: str, settings: LSTSettings, *,
-            data_root: str | Path | None = None, weights_file: str | Path | None = None,
-            **sizes) -> dict:
-    """Every argument that decides a run's results, as plain values.
-
-    mode: "examples" or "full_eval"; data_root: the dataset's folder (resolved, so a relative
-    path names the same data); weights_file: a local weights file known before the model is
-    loaded (its content hash goes in, so retrained weights get another name); sizes: the mode's
-    own arguments (classes; num_samples, rounds, get_final_imgs). The model's state-dict
-    fingerprint is added once the model is loaded (`weights`).
-    """
-    key = {"mode": mode, "model": model, "dataset": dataset, "settings": settings.as_dict(),
-           "data_root": None if data_root is None else str(Path(data_root).expanduser().resolve()),
-           "weights_file": None if weights_file is None else file_digest(weights_file)}
-    key.update(sizes)
-    return plain(key)
-
-
-def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 (16 hex digits) of the model's state dict (names, shapes, dtypes, values): the
-    run key's "weights", so a run never resumes or counts as done with other weights."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the model inside
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        raw = tensor.detach().reshape(-1).cpu().contiguous().view(torch.uint8)
-        digest.update(raw.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 (16 hex digits) of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def run_id(key: dict) -> str:
-    """'k' and 7 hex digits of the SHA-256 of the key (canonical JSON): the stem's last part."""
-    text = json.dumps(plain(key), sort_keys=True, default=lambda v: np.asarray(v).tolist())
-    return "k" + hashlib.sha256(text.encode()).hexdigest()[:7]
-
-
-def run_stem(key: dict, desc: str = "") -> str:
-    """The file stem of a run (`lst.results.results_stem`) from its key: model, dataset, step
-    size, iterations, adversarial step, classes or sample count, and the run id."""
-    settings = key["settings"]
-    return results_stem(desc=desc, model=key["model"], dataset=key["dataset"],
-                        step_size=settings["step_size"], iters=settings["iters"],
-                        adv_step_size=settings["adv_step_size"], classes=key.get("classes"),
-                        num_samples=key.get("num_samples"),
-                        run_id=run_id({k: v for k, v in key.items() if k not in LOADED_KEYS}))
-
-
-def results_args(key: dict, origin: dict, flags: dict | None = None) -> dict:
-    """The `args` of a results file: the flags (command line; none from Python), the model and
-    dataset names of the key, the full run key, the run id and where the results come from
-    (`provenance`, with the time it finished)."""
-    return {**(flags or {}), "model": key["model"], "dataset": key["dataset"], "run_key": key,
-            "run_id": run_id({k: v for k, v in key.items() if k not in LOADED_KEYS}),
-            "provenance": dict(origin, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
-
-
-def provenance() -> dict:
-    """Package versions, the project's git commit (when known), host and start time."""
-    versions = {}
-    for package in ("torch", "torchvision", "timm", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return {"versions": versions, "git_commit": commit, "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 class RunStore:
@@ -167,8 +78,11 @@ class RunStore:
         return self.out_dir / f"{self.stem}_{kind}.pkl"
 
     def write(self, kind: str, args: dict, results: dict) -> Path:
-        """Write the final results file of `kind` atomically; returns its path."""
-        return save_results(self.path(kind), args, results)
+        """Write the final results file of `kind` atomically; returns its path. A full_eval's
+        final_images go to their own file, {stem}_fulleval_dict_final_images.npy, written first
+        (`lst.results.save_results`), so that reading the results pickle never reads them."""
+        separate = ("final_images",) if kind == "fulleval_dict" else ()
+        return save_results(self.path(kind), args, results, separate=separate)
 
     def read(self, kind: str) -> dict:
         """The results dict of the final results file of `kind` (ResultsError if unreadable)."""
@@ -205,6 +119,10 @@ class RunStore:
                     self._discard_partial()
             except ValueError as err:
                 error = err
+            except OSError as err:  # every rank must stop with this line, not wait for rank 0
+                where = f" ({err.filename})" if err.filename else ""
+                error = ResultsError(f"cannot open the run's files in {self.out_dir}: "
+                                     f"{err.strerror or err}{where}")
         error = broadcast(error)
         if error is not None:
             raise error
@@ -254,6 +172,11 @@ class RunStore:
                 if err.errno in (errno.EAGAIN, errno.EACCES):
                     raise RunLockedError(f"{self.parts_dir} is in use by {holder}: wait for it to "
                                          "finish, or give another --out_dir") from None
+                if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise ResultsError(f"cannot lock {lock_path}: the filesystem of --out_dir "
+                                       f"{self.out_dir} does not support file locks "
+                                       f"({err.strerror}); give an --out_dir on a filesystem "
+                                       "that does (a local disk, or NFS with locking)") from None
                 raise ResultsError(f"cannot lock {lock_path}: {err.strerror}") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
@@ -292,7 +215,7 @@ class RunStore:
         if saved == plain(key):
             return True
         changed = ("no run key: written by an earlier version" if saved is None else
-                   ", ".join(_differences(saved, plain(key))))
+                   ", ".join(key_differences(saved, plain(key))))
         raise ResultsError(f"{path} holds another run ({changed}); pass --overwrite to replace "
                            "it, or give another --out_dir or --desc")
 
@@ -313,52 +236,59 @@ class RunStore:
         save_results(self.parts_dir / "state.pkl", key, plan)
 
     def save_part(self, key: dict, part: dict) -> Path:
-        """Save one finished batch; part["pair_ids"] (n,) int names the pairs it holds."""
+        """Save one finished batch; part["pair_ids"] (n,) int names the pairs it holds. The file
+        starts with a small header (the run key and the pair ids), so which pairs are done is
+        read without the batch's arrays."""
         ids = part["pair_ids"]
         name = f"pairs_{int(ids[0]):08d}_{int(ids[-1]):08d}.pkl"
-        return save_results(self.parts_dir / name, key, part)
+        return save_with_header(self.parts_dir / name, {"run_key": key, "pair_ids": ids}, part)
 
     def _part_files(self) -> list[Path]:
         return sorted(self.parts_dir.glob("pairs_*.pkl"))
 
+    @staticmethod
+    def _part_header(path: Path) -> tuple[dict, np.ndarray]:
+        """(run key, pair ids) of a saved part, from its header (a part saved before headers:
+        from the whole file)."""
+        header = load_header(path)
+        if set(header) == {"args", "results"}:  # one pickle: written before part headers
+            return header["args"], np.asarray(header["results"]["pair_ids"])
+        return header["run_key"], np.asarray(header["pair_ids"])
+
     def saved_pairs(self) -> int:
         """How many pairs the saved parts hold (whichever run saved them)."""
         try:
-            return sum(len(load_results(p)["results"]["pair_ids"]) for p in self._part_files())
+            return sum(len(self._part_header(p)[1]) for p in self._part_files())
         except (ResultsError, OSError):
             return 0
 
     def done_pair_ids(self, key: dict) -> np.ndarray:
-        """The ids of every pair a saved part of this run holds, (n,) int64."""
-        parts = self.load_parts(key)
-        ids = [p["pair_ids"] for p in parts]
+        """The ids of every pair a saved part of this run holds, (n,) int64, read from the parts'
+        headers; ResumeError for a part saved with another key."""
+        ids = []
+        for path in self._part_files():
+            saved, pair_ids = self._part_header(path)
+            self._check_key(saved, key, path)
+            ids.append(pair_ids)
         return np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
 
-    def load_parts(self, key: dict) -> list[dict]:
-        """Every saved part's results dict, in file-name order; ResumeError for a part saved
-        with another key."""
-        parts = []
+    def iter_parts(self, key: dict) -> Iterator[dict]:
+        """Every saved part's results dict, one at a time, in file-name order; ResumeError for a
+        part saved with another key."""
         for path in self._part_files():
-            payload = load_results(path)
-            self._check_key(payload["args"], key, path)
-            parts.append(payload["results"])
-        return parts
+            header, body = load_with_header(path)
+            if body is None:  # one pickle {"args", "results"}: written before part headers
+                header, body = {"run_key": header["args"]}, header["results"]
+            self._check_key(header["run_key"], key, path)
+            yield body
+
+    def load_parts(self, key: dict) -> list[dict]:
+        """Every saved part's results dict, in file-name order (`iter_parts`, all at once)."""
+        return list(self.iter_parts(key))
 
     def _check_key(self, saved: dict, key: dict, where: Path) -> None:
         expected = plain(key)
         if saved != expected:
             raise ResumeError(f"{where} belongs to a run with other arguments "
-                              f"({', '.join(_differences(saved, expected))}); rerun with the same "
+                              f"({', '.join(key_differences(saved, expected))}); rerun with the same "
                               "arguments to resume, or pass --restart to discard it")
-
-
-def _differences(saved: dict, expected: dict) -> list[str]:
-    """The keys whose values differ, settings by field (e.g. 'settings.pthresh')."""
-    changed = []
-    for k in sorted(set(saved) | set(expected)):
-        a, b = saved.get(k), expected.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += [f"{k}.{sub}" for sub in _differences(a, b)]
-        elif a != b:
-            changed.append(k)
-    return changed

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import sample_generator
-from .confidence import class_confidence_of, model_device, predict, probabilities
+from .confidence import class_confidence_of, in_eval_mode, model_device, predict, probabilities
 from .precision import PRECISIONS, autocast, check_precision, model_input
 from .progress import progress_bar
 from .widths import path_widths
@@ -219,6 +219,7 @@ def _confidence_and_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor
     return probs, _confidence_and_grad(model, x, labels, "fp32")[1]  # overflowed three times
 
 
+@in_eval_mode
 def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
                         targets: torch.Tensor, settings: LSTSettings | None = None, *,
                         target_labels: torch.Tensor | None = None,

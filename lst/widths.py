@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .batching import sample_generator
-from .confidence import class_confidence, confidences_of
+from .confidence import class_confidence, confidences_of, in_eval_mode
 from .precision import autocast, model_input
 
 
@@ -31,6 +31,7 @@ def random_orthogonal_directions(step: torch.Tensor, num_directions: int,
     return dirs
 
 
+@in_eval_mode
 @torch.inference_mode()
 def path_widths(model: nn.Module, points: torch.Tensor, steps: torch.Tensor, labels: torch.Tensor,
                 distances: Sequence[float], *, num_directions: int = 256, seed: int = 0,

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lst.runstore import file_digest
+from lst.identity import file_digest
 
 MODEL_FILE_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".jit", ".torchscript")
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net")  # where trainers nest weights
@@ -86,7 +86,7 @@ def import_factory(spec: str):
 
 
 def model_file_digest(spec: str) -> str | None:
-    """The content hash (`lst.runstore.file_digest`) of what defines a user's model: the
+    """The content hash (`lst.identity.file_digest`) of what defines a user's model: the
     TorchScript file, or the source file of the factory's module (None where it has none);
     None for registry names."""
     kind = model_kind(spec)

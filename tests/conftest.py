@@ -50,7 +50,7 @@ def images():
 def stem_for(argv):
     """The results-file stem (with its run id) the command line gives these arguments."""
     import level_set_traversal as cli
-    from lst.runstore import run_stem
+    from lst.identity import run_stem
 
     args = cli.parse_args(list(argv))
     settings = cli.check_args(args)

@@ -6,7 +6,6 @@ printed, and the output folder's listing before and after.
 """
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -153,6 +152,34 @@ def test_a_results_file_of_other_weights_is_not_overwritten(tmp_path):
     assert (listing(out), path.read_bytes()) == before
 
 
+def test_an_examples_run_is_keyed_by_the_example_images_it_used(tmp_path):
+    """The saved {dataset}_target_{class}.png decide an examples run's results: a rerun with
+    other images there is another run, refused until --overwrite."""
+    argv = ["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "2",
+            "--iters", "4"]
+    assert cli(*argv, out_dir=tmp_path).returncode == 0
+    again = cli(*argv, out_dir=tmp_path)
+    assert again.returncode == 0 and "already done" in again.stdout
+    (path,) = tmp_path.glob("*_examples_dict.pkl")
+    used = load_results(path)["args"]["run_key"]["example_images"]
+    assert len(used) == 3 and all(used)
+    other = tmp_path / "shapes_target_1.png"
+    other.write_bytes((tmp_path / "shapes_target_2.png").read_bytes())
+    line = only_line(cli(*argv, out_dir=tmp_path))
+    assert "holds another run (example_images)" in line
+    assert cli(*argv, "--overwrite", out_dir=tmp_path).returncode == 0
+    assert load_results(path)["args"]["run_key"]["example_images"][1] == used[2]
+
+
+def test_a_run_that_computes_lpips_is_another_run_than_one_without(tmp_path, monkeypatch):
+    argv = ["smallcnn-normal", "shapes", "--examples", "--iters", "4"]
+    without = stem_for(argv)
+    weights = tmp_path / "alexnet.pth"
+    weights.write_bytes(b"the file's presence decides whether LPIPS is computed")
+    monkeypatch.setenv("LST_ALEXNET_WEIGHTS", str(weights))
+    assert stem_for(argv) != without
+
+
 # -- concurrent runs --------------------------------------------------------------------------
 
 def test_two_runs_at_once_with_other_pthresh_each_equal_their_run_alone(sweep, tmp_path):
@@ -189,26 +216,27 @@ def test_the_same_run_twice_at_once_one_refuses_and_no_folder_is_left(sweep, tmp
 
 # -- faults -----------------------------------------------------------------------------------
 
-def test_ctrl_c_exits_130_in_one_line_and_the_same_command_resumes(sweep, tmp_path):
-    proc = start(*RUN, "--pthresh", "0.05", "--iters", "60", out_dir=tmp_path)
-    parts = tmp_path / f"{stem_for([*RUN, '--pthresh', '0.05', '--iters', '60'])}_fulleval_parts"
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline and not list(parts.glob("pairs_*.pkl")):
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    interrupted = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+SIGNALLING = ["tests.signalling:smallcnn", *RUN[1:], "--pthresh", "0.05", "--iters", "60"]
+
+
+def test_ctrl_c_exits_130_in_one_line_and_the_same_command_resumes(tmp_path):
+    """Ctrl-C at a known point: the model (tests/signalling.py) sends SIGINT to its process on
+    its 100th forward pass, in the second batch of 4 pairs (62 passes a batch, the first batch
+    saved at pass 65), on any machine speed."""
+    env = {**ENV, "LST_TEST_SIGNAL": "INT", "LST_TEST_SIGNAL_AT": "100"}
+    argv = [sys.executable, str(ROOT / "level_set_traversal.py"), *SIGNALLING, "--out_dir",
+            str(tmp_path)]
+    interrupted = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT,
+                                 timeout=300)
     line = error_line(interrupted, code=130, prefix="interrupted: ")
-    saved = len(list(parts.glob("pairs_*.pkl")))
-    assert 1 <= saved < 4 and f"{4 * saved} finished pairs are saved" in line
+    parts = tmp_path / f"{stem_for(SIGNALLING)}_fulleval_parts"
+    assert len(list(parts.glob("pairs_*.pkl"))) == 1 and "4 finished pairs are saved" in line
     assert "the same command resumes" in line and not list(parts.glob(".*.tmp"))
-    resumed = cli(*RUN, "--pthresh", "0.05", "--iters", "60", out_dir=tmp_path)
+    resumed = cli(*SIGNALLING, out_dir=tmp_path)
     assert resumed.returncode == 0 and "resuming" in resumed.stderr
-    alone = cli(*RUN, "--pthresh", "0.05", "--iters", "60", out_dir=tmp_path / "alone")
+    alone = cli(*SIGNALLING, out_dir=tmp_path / "alone")
     assert alone.returncode == 0
-    assert_equal_results(results(tmp_path, *RUN, "--pthresh", "0.05", "--iters", "60"),
-                         results(tmp_path / "alone", *RUN, "--pthresh", "0.05", "--iters", "60"))
+    assert_equal_results(results(tmp_path, *SIGNALLING), results(tmp_path / "alone", *SIGNALLING))
 
 
 @contextlib.contextmanager

@@ -153,7 +153,7 @@ def test_compile_flag_gives_the_same_blind_spots_up_to_rounding(tmp_path):
 
 
 def test_a_compiled_model_has_the_weights_fingerprint_of_its_model():
-    from lst.runstore import weights_fingerprint
+    from lst.identity import weights_fingerprint
 
     model = small_cnn()
     assert weights_fingerprint(torch.compile(model)) == weights_fingerprint(model)

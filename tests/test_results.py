@@ -79,3 +79,39 @@ def test_file_names_follow_the_paper():
             == "run1_resnet50-normal_imagenet_99-199_stepsize-0.01_400iters_advstepsize-0.002")
     assert (results_stem(**kw, adv_step_size=None, num_samples=1000)
             == "run1_resnet50-normal_imagenet_1000samples_stepsize-0.01_400iters_advstepsize-0")
+
+
+def test_a_separate_array_lives_in_its_own_file_and_comes_back_memory_mapped(tmp_path):
+    """A full_eval's final_images go to {stem}_final_images.npy: reading the pickle (the
+    tables, "already done") never reads them; load_results maps them back lazily."""
+    images = np.random.default_rng(0).integers(0, 256, (50, 5, 3, 64, 64), dtype=np.uint8)
+    path = save_results(tmp_path / "r.pkl", {"m": 1}, {"final_images": images,
+                                                      "l2": np.ones((50, 5))},
+                        separate=("final_images",))
+    assert (tmp_path / "r_final_images.npy").is_file()
+    assert path.stat().st_size < 10_000 < images.nbytes  # the pickle holds a reference only
+    with open(path, "rb") as f:
+        raw = pickle.load(f)["results"]
+    assert raw["final_images"] == {"npy_file": "r_final_images.npy"}
+    loaded = load_results(path)["results"]
+    assert isinstance(loaded["final_images"], np.memmap)
+    np.testing.assert_array_equal(loaded["final_images"], images)
+    # saved again (say with changed args), a memmap is written as a plain array
+    again = save_results(tmp_path / "s.pkl", {"m": 2}, loaded)
+    np.testing.assert_array_equal(load_results(again)["results"]["final_images"], images)
+    (tmp_path / "r_final_images.npy").unlink()
+    with pytest.raises(ResultsError, match="cannot read .*r_final_images.npy, the final_images"):
+        load_results(path)
+
+
+def test_a_header_is_read_without_the_rest_of_the_file(tmp_path):
+    from lst.results import load_header, load_with_header, save_with_header
+
+    path = save_with_header(tmp_path / "p.pkl", {"pair_ids": np.arange(4)},
+                            {"big": np.zeros((4, 3, 224, 224), dtype=np.uint8)})
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # cut the body short: the header still reads
+        f.truncate(size // 2)
+    np.testing.assert_array_equal(load_header(path)["pair_ids"], np.arange(4))
+    with pytest.raises(ResultsError, match="truncated"):
+        load_with_header(path)

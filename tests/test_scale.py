@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,26 +61,32 @@ def reference(tmp_path_factory):
     return results_of(out, "--iters", "30")
 
 
+SIGNALLING = ["tests.signalling:smallcnn", *ARGS[1:]]  # smallcnn-normal, signals on a known pass
+
+
+def killed_at(call, out_dir, *extra):
+    """Run SIGNALLING until its model SIGKILLs the process on its `call`-th forward pass (32
+    passes a batch of 4 pairs at --iters 30; the first batch is saved at pass 35)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "LST_TEST_SIGNAL": "KILL", "LST_TEST_SIGNAL_AT": str(call)}
+    proc = subprocess.run([sys.executable, str(ROOT / "level_set_traversal.py"), *SIGNALLING,
+                           "--out_dir", str(out_dir), *extra], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, reference):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = command(tmp_path, "--iters", "30", "--batch_size", "4")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            cwd=ROOT)
-    parts = tmp_path / f"{stem('--iters', '30')}_fulleval_parts"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if len(list(parts.glob("pairs_*.pkl"))) >= 2:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = list(parts.glob("pairs_*.pkl"))
-    assert 2 <= len(done) < 8  # 30 pairs in batches of 4
-    assert not (tmp_path / f"{stem('--iters', '30')}_fulleval_dict.pkl").exists()
-    resumed = run(cmd)
+    extra = ["--iters", "30", "--batch_size", "4"]
+    killed_at(80, tmp_path, *extra)  # in the third batch
+    parts = tmp_path / f"{stem_for(SIGNALLING + extra)}_fulleval_parts"
+    assert len(list(parts.glob("pairs_*.pkl"))) == 2  # 30 pairs in batches of 4
+    assert not list(tmp_path.glob("*_fulleval_dict.pkl"))
+    resumed = run([sys.executable, str(ROOT / "level_set_traversal.py"), *SIGNALLING,
+                   "--out_dir", str(tmp_path), *extra])
     assert "resuming" in resumed.stderr and "taking over" in resumed.stderr  # the killed run's lock
-    assert_same(results_of(tmp_path, "--iters", "30"), reference)
+    # the same model under another name: the same numbers as the uninterrupted reference run
+    (path,) = tmp_path.glob("*_fulleval_dict.pkl")
+    assert_same(load_results(path)["results"], reference)
     assert not parts.exists()  # cleaned up after the final write
 
 
@@ -89,23 +94,22 @@ def test_runs_with_other_arguments_never_share_files(tmp_path):
     """A killed run with seed 1 leaves its parts; a run with seed 0 in the same folder has its
     own name and files, and the seed-1 run then resumes its own parts untouched."""
     seed1 = ["--iters", "30", "--batch_size", "4", "--seed", "1"]
-    parts = tmp_path / f"{stem(*seed1)}_fulleval_parts"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(command(tmp_path, *seed1), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
-    while proc.poll() is None and not list(parts.glob("pairs_*.pkl")):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    parts = tmp_path / f"{stem_for(SIGNALLING + seed1)}_fulleval_parts"
+    killed_at(50, tmp_path, *seed1)  # in the second batch
+    seed0 = ["--iters", "30", "--batch_size", "4"]
     saved = {p.name: p.read_bytes() for p in parts.glob("pairs_*.pkl")}
-    assert saved
-    other = run(command(tmp_path, "--iters", "30", "--batch_size", "4"))
+    assert len(saved) == 1
+    other = run([sys.executable, str(ROOT / "level_set_traversal.py"), *SIGNALLING,
+                 "--out_dir", str(tmp_path), *seed0])
     assert "resuming" not in other.stderr
     assert {p.name: p.read_bytes() for p in parts.glob("pairs_*.pkl")} == saved
-    resumed = run(command(tmp_path, *seed1))
+    resumed = run([sys.executable, str(ROOT / "level_set_traversal.py"), *SIGNALLING,
+                   "--out_dir", str(tmp_path), *seed1])
     assert "resuming" in resumed.stderr and not parts.exists()
-    seed0, seed1_results = results_of(tmp_path, "--iters", "30"), results_of(tmp_path, *seed1)
-    assert not np.array_equal(seed0["source_indices"], seed1_results["source_indices"])
+    files = {stem_for(SIGNALLING + s): s for s in (seed0, seed1)}
+    seed0_results, seed1_results = (
+        load_results(tmp_path / f"{stem}_fulleval_dict.pkl")["results"] for stem in files)
+    assert not np.array_equal(seed0_results["source_indices"], seed1_results["source_indices"])
 
 
 def test_batch_size_does_not_change_results(tmp_path, reference):
@@ -135,3 +139,67 @@ def test_other_weights_under_the_same_name_do_not_resume(tmp_path, caplog):
         next(model.parameters()).add_(1e-3)  # retrained weights, same model name
     with pytest.raises(ResumeError, match=r"other arguments \(weights\)"):
         run_full_eval(model, dataset, settings, **kwargs)
+
+
+def test_an_error_of_rank_0_opening_the_store_stops_every_rank_with_its_line(tmp_path):
+    """Rank 0 cannot open the run's lock (here it is a folder): the other rank must not wait for
+    it forever; both stop with the same one line, well within the timeout."""
+    extra = ["--iters", "2", "--batch_size", "4"]
+    parts = tmp_path / f"{stem(*extra)}_fulleval_parts"
+    (parts / "lock").mkdir(parents=True)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command(tmp_path, *extra, launcher=launcher), capture_output=True,
+                          text=True, env=env, timeout=240, cwd=ROOT)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(said) == 2 and said[0] == said[1], proc.stderr[-3000:]
+    assert "cannot open the run's files" in said[0] and "Is a directory" in said[0]
+
+
+def test_a_filesystem_without_locks_is_named_in_one_line(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from lst.results import ResultsError
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(ResultsError, match=r"does not support file locks .*--out_dir"):
+        with RunStore(tmp_path, "run").open():
+            pass
+
+
+def test_done_pairs_come_from_part_headers_and_parts_of_before_headers_resume(tmp_path):
+    """Which pairs are done is read from the parts' headers (a part whose arrays are cut short
+    still counts); a part saved before headers existed (one pickle, float32 blind spots) is
+    merged into the same results as a run without it."""
+    from lst.results import save_results
+
+    model, _ = load_model("smallcnn-normal", "shapes")
+    dataset = ShapesDataset("test", seed=0)
+    settings = LSTSettings(iters=3, log_step=1)
+    kwargs = dict(num_samples=4, rounds=2, batch_size=4, get_final_imgs=True)
+    alone, _ = run_full_eval(model, dataset, settings, **kwargs)
+    store = RunStore(tmp_path, "run")
+    run_full_eval(model, dataset, settings, store=store, **kwargs)  # no key: the parts stay
+    parts = sorted(store.parts_dir.glob("pairs_*.pkl"))
+    assert len(parts) == 2
+    key = {"settings": settings.as_dict(), "num_samples": 4, "rounds": 2, "get_final_imgs": True}
+    from lst.identity import weights_fingerprint
+    key["weights"] = weights_fingerprint(model)
+    first = store.load_parts(key)[0]
+    old = dict(first, final_images=first["final_images"].astype(np.float32) / 255)
+    save_results(parts[0], key, old)  # the old format: one pickle {"args": key, "results": part}
+    with open(parts[1], "r+b") as f:
+        f.truncate(parts[1].stat().st_size // 2)
+    assert sorted(store.done_pair_ids(key)) == list(range(8))
+    parts[1].unlink()  # the cut part cannot be merged: remove it, as after a crash it would be
+    resumed, _ = run_full_eval(model, dataset, settings, store=store, **kwargs)
+    for name in ("final_confs", "final_images", "l2"):
+        np.testing.assert_array_equal(resumed[name], alone[name])
+    for name in alone["hull_stats"]:
+        np.testing.assert_array_equal(resumed["hull_stats"][name], alone["hull_stats"][name])

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -207,3 +208,26 @@ def test_settings_refuse_values_that_mean_nothing(bad):
     name = next(iter(bad))
     with pytest.raises(ValueError, match=name):
         lst.LSTSettings(**bad)
+
+
+def test_a_model_in_train_mode_is_walked_in_eval_mode_and_given_back_unchanged():
+    """BatchNorm in train mode would normalise by the batch and update its running statistics:
+    the tool measures the model as it predicts (eval) and restores every module's mode."""
+    from lst.experiments import run_full_eval
+    from lst.shapes import ShapesDataset
+    from models import load_model
+
+    model, _ = load_model("smallcnn-normal", "shapes")
+    dataset = ShapesDataset("test", size=60)
+    settings = lst.LSTSettings(iters=4, get_widths=True, width_distances=(1.0,), width_directions=4,
+                           log_step=2)
+    expected, _ = run_full_eval(model, dataset, settings, num_samples=4, rounds=2,
+                                get_final_imgs=True)
+    model.train()
+    model.features[1].eval()  # a mixed state, restored module by module
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got, _ = run_full_eval(model, dataset, settings, num_samples=4, rounds=2, get_final_imgs=True)
+    for key in ("final_confs", "l2", "widths"):
+        np.testing.assert_array_equal(got[key], expected[key])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and not model.features[1].training and model.features[0].training
