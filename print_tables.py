@@ -1,6 +1,8 @@
 """Print Tables 1, 2, 2b and 3 from results files; draw the delta curve; write an HTML report.
 
+    python print_tables.py                                     # the default output folder
     python print_tables.py plots_and_figures/                  # every results file in the folder
+    python print_tables.py plots_and_figures/ --format csv > tables.csv   # or json: numbers
     python print_tables.py 'runs/*.pkl' --format latex --ci    # 95% intervals over sources
     python print_tables.py plots_and_figures/ --plot delta.png # the delta curve of full_evals
     python print_tables.py plots_and_figures/ --html           # also plots_and_figures/report.html
@@ -11,13 +13,18 @@ over their example pairs; files of runs with --transfer_models give Table 3 (bli
 judged by B). Cells are mean ± std, or with --ci the mean and its 95% bootstrap interval over
 sources (2,000 resamples of sources, seeded). The companion _all_confs.pkl files give the delta
 curve of --plot. Every table has n (sources, pairs), and rows are labelled by the model and by
-every argument that differs between the runs shown (e.g. "pthresh=0.5"). A file that is not a
-results file of this tool stops with one line (exit 2).
+every argument that differs between the runs shown (e.g. "pthresh=0.5"). --format csv or json
+prints one record per run and table with every column as numbers (mean, std and, with --ci,
+low and high), for pandas and spreadsheets. A file that is not a results file of this tool
+stops with one line (exit 2).
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,7 +32,10 @@ from lst.hull import DELTA_CURVE
 from lst.plots import plot_delta_curves
 from lst.report import write_report
 from lst.results import ResultsError
-from lst.tables import FORMATS, delta_curves, format_tables, load_run
+from lst.tables import FORMATS, delta_curves, format_tables, load_run, table_records
+
+DEFAULT_FOLDER = "plots_and_figures"  # level_set_traversal.py's default --out_dir
+RECORD_FORMATS = ("csv", "json")
 
 
 def expand(patterns: list[str]) -> list[Path]:
@@ -42,10 +52,27 @@ def expand(patterns: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def print_records(records: list[dict], fmt: str) -> None:
+    """The records on stdout: CSV with the union of their columns (empty where a table has no
+    such column), or a JSON list (NaN as null)."""
+    if fmt == "json":
+        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                 for r in records]
+        print(json.dumps(clean, indent=1))
+        return
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("files", nargs="+", help="results files, globs or directories")
-    p.add_argument("--format", choices=sorted(k for k in FORMATS if k != "html"), default="plain")
+    p.add_argument("files", nargs="*", default=[DEFAULT_FOLDER],
+                   help=f"results files, globs or directories (default: {DEFAULT_FOLDER}/)")
+    p.add_argument("--format", default="plain",
+                   choices=sorted(k for k in FORMATS if k != "html") + list(RECORD_FORMATS),
+                   help="tables as text (plain, github, latex), or records as numbers (csv, json)")
     p.add_argument("--ci", action="store_true",
                    help="95%% bootstrap intervals over sources instead of ± std")
     p.add_argument("--plot", metavar="OUT.png", default=None,
@@ -57,12 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.html and (len(args.files) != 1 or not Path(args.files[0]).is_dir()):
         print("error: --html takes one folder: print_tables.py OUT_DIR --html", file=sys.stderr)
         return 2
+    missing = [f for f in args.files if not any(ch in f for ch in "*?[") and not Path(f).exists()]
+    if missing:
+        print(f"error: {missing[0]} does not exist (results files, globs or folders; default "
+              f"{DEFAULT_FOLDER}/)", file=sys.stderr)
+        return 2
     files = expand(args.files)
     try:
         runs = [load_run(f) for f in files]
         if not any(r.kind in ("full_eval", "examples") for r in runs):
             raise ResultsError(f"no results files in {' '.join(args.files)}")
-        print(format_tables(runs, args.format, ci=args.ci))
+        if args.format in RECORD_FORMATS:
+            print_records(table_records(runs, ci=args.ci), args.format)
+        else:
+            print(format_tables(runs, args.format, ci=args.ci))
         if args.plot:
             curves = delta_curves(runs)
             if not curves:

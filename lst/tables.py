@@ -145,11 +145,21 @@ def _table1_values(run: Run, key: str) -> np.ndarray:
     return value
 
 
-def table_rows(runs: list[Run], pm: str = "±", ci: bool = False) -> dict[str, list]:
-    """The rows of every table these runs allow, by table: "1" (full_eval), "2" (triangles),
-    "2b" (limbs and chords), "3" (transfer), "examples" (Table 1 over example pairs). Each row
-    is [label, dataset, sources, pairs, cell, ...]; a cell is mean ± std or, with ci, mean
-    [95% interval over sources] (`lst.uncertainty`). all_confs runs give no row."""
+HEADS = {"1": ["model", "dataset", "sources", "pairs"],
+         "examples": ["model", "dataset", "sources", "pairs"],
+         "2": ["model", "dataset", "sources", "pairs"],
+         "2b": ["model", "dataset", "sources", "pairs"],
+         "3": ["blind spots of A", "run", "judged by B", "images", "sources", "pairs"]}
+COLUMNS = {"1": [h for h, _ in TABLE1], "examples": [h for h, _ in TABLE1],
+           "2": [h for h, _ in TABLE2], "2b": [h for h, _ in TABLE2B], "3": TABLE3}
+
+
+def table_cells(runs: list[Run], ci: bool = False) -> dict[str, list[tuple[list, list]]]:
+    """Every table these runs allow, by table: "1" (full_eval), "2" (triangles), "2b" (limbs
+    and chords), "3" (transfer), "examples" (Table 1 over example pairs). Each row is
+    (head, estimates): head as HEADS[table] (Tables 2 and 2b: pairs = triangles, chords),
+    estimates (`lst.uncertainty.Estimate`, with the 95% interval over sources when ci) in
+    COLUMNS[table] order. all_confs runs give no row."""
     shown = [r for r in runs if r.kind in ("full_eval", "examples")]
     rows = {"1": [], "2": [], "2b": [], "3": [], "examples": []}
     for label, run in zip(labels(shown), shown):
@@ -159,21 +169,44 @@ def table_rows(runs: list[Run], pm: str = "±", ci: bool = False) -> dict[str, l
                  for _, key in TABLE1]
         n = cells[1]  # final conf.: one value per kept pair
         rows["1" if run.kind == "full_eval" else "examples"].append(
-            [label, run.args["dataset"], n.sources, n.pairs] + [c.show(ci, pm) for c in cells])
-        rows["3"] += _transfer_rows(label, run, use, sources, pm, ci)
+            ([label, run.args["dataset"], n.sources, n.pairs], cells))
+        rows["3"] += _transfer_rows(label, run, use, sources, ci)
         per_source = {"2": (res.get("hull_stats"), TABLE2), "2b": (res.get("segment_stats"), TABLE2B)}
         for table, (stats, columns) in per_source.items():
             if stats is None:
                 continue
             cells = [estimate(stats[key], interval=ci) for _, key in columns]
             n_pairs = math.comb(int(run_arguments(run.args).get("rounds", 2)), 2)
-            head = [label, run.args["dataset"], cells[0].sources, cells[0].sources * n_pairs]
-            rows[table].append(head + [c.show(ci, pm) for c in cells])
+            rows[table].append(([label, run.args["dataset"], cells[0].sources,
+                                 cells[0].sources * n_pairs], cells))
     return rows
 
 
-def _transfer_rows(label: str, run: Run, use: np.ndarray, sources: np.ndarray, pm: str,
-                   ci: bool) -> list[list]:
+def table_rows(runs: list[Run], pm: str = "±", ci: bool = False) -> dict[str, list]:
+    """`table_cells` as text rows: [head..., cell, ...], a cell mean ± std or, with ci, mean
+    [95% interval over sources]."""
+    return {table: [head + [c.show(ci, pm) for c in cells] for head, cells in rows]
+            for table, rows in table_cells(runs, ci).items()}
+
+
+def table_records(runs: list[Run], ci: bool = False) -> list[dict]:
+    """One flat record per run and table, every column as numbers, for pandas and spreadsheets:
+    table, the table's head columns, then for each column its mean, std and, with ci, the 95%
+    interval's low and high ("SSIM", "SSIM std", "SSIM low", "SSIM high")."""
+    records = []
+    for table, rows in table_cells(runs, ci).items():
+        for head, cells in rows:
+            record = {"table": table, **dict(zip(HEADS[table], head))}
+            for name, cell in zip(COLUMNS[table], cells):
+                record[name], record[f"{name} std"] = cell.mean, cell.std
+                if ci:
+                    record[f"{name} low"], record[f"{name} high"] = cell.low, cell.high
+            records.append(record)
+    return records
+
+
+def _transfer_rows(label: str, run: Run, use: np.ndarray, sources: np.ndarray,
+                   ci: bool) -> list[tuple[list, list]]:
     """Table 3 rows of one run: for each judge (the model itself first), its view of the blind
     spots and of the raw targets of the kept pairs."""
     res = run.results
@@ -192,8 +225,8 @@ def _transfer_rows(label: str, run: Run, use: np.ndarray, sources: np.ndarray, p
             cells = [estimate(np.asarray(v, dtype=float), sources[use], interval=ci)
                      for v in values]
             judge = model_label({"model": name}) + (" (itself)" if j == 0 else "")
-            out.append([label, run.kind, judge, images, cells[0].sources, cells[0].pairs]
-                       + [c.show(ci, pm) for c in cells])
+            out.append(([label, run.kind, judge, images, cells[0].sources, cells[0].pairs],
+                        cells))
     return out
 
 
@@ -209,7 +242,7 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
             headers = [h.replace("_", r"\_").replace(">", "$>$") for h in headers]
         return tabulate(table_rows, headers=headers, tablefmt=FORMATS[fmt])
 
-    head = ["model", "dataset", "sources", "pairs"]
+    head = HEADS["1"]
     out = []
     if rows["1"]:
         out += [f"Table 1: blind spots vs. their targets ({spread} over kept pairs; n = sources, "
@@ -235,8 +268,7 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
                 "Table 3: blind spots of A judged by B: fraction of kept pairs B classifies as "
                 f"the source, the target or another class, and B's source-class confidence; "
                 f"{spread}; the raw targets are the baseline",
-                table(rows["3"], ["blind spots of A", "run", "judged by B", "images", "sources",
-                                  "pairs"] + TABLE3)]
+                table(rows["3"], HEADS["3"] + TABLE3)]
     return "\n".join(out)
 
 

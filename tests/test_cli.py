@@ -312,3 +312,36 @@ def test_the_shipped_vit_runs_the_readme_command(tmp_path):
     ratio = spot_to_target[off] / source_to_target[off]
     assert (ratio < 1).all(), np.sort(ratio)  # the defaults' 100 steps: 1% to 95% of the way left
     assert {f"cifar10_target_{c}.png" for c in range(5)} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_print_tables_csv_and_json_give_the_numbers_of_the_plain_table(examples_dir, capsys):
+    import csv
+    import io
+    import json
+
+    assert print_tables.main([str(examples_dir)]) == 0
+    plain = capsys.readouterr().out
+    assert print_tables.main([str(examples_dir), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows and all(r["table"] == "examples" and r["dataset"] == "shapes" for r in rows)
+    for row in rows:
+        for column in ("p0", "final conf.", "L2 (norm.)", "Linf", "SSIM"):
+            shown = f"{float(row[column]):.3f} ± {float(row[column + ' std']):.3f}"
+            assert shown in plain, (column, shown)
+    assert print_tables.main([str(examples_dir), "--format", "json", "--ci"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["SSIM"] for r in records] == pytest.approx([float(r["SSIM"]) for r in rows])
+    assert all(r["SSIM low"] <= r["SSIM"] <= r["SSIM high"] for r in records)
+    assert all(r["LPIPS"] is None for r in records)  # NaN without AlexNet weights: null
+
+
+def test_print_tables_alone_reads_the_default_output_folder(tmp_path, monkeypatch, capsys):
+    """The paper's usage: the offline default run, then `python print_tables.py`."""
+    monkeypatch.chdir(tmp_path)
+    assert print_tables.main([]) == 2  # nothing there yet: one line
+    assert "plots_and_figures does not exist" in capsys.readouterr().err
+    assert cli.main(["smallcnn-normal", "shapes", "--examples", "--quiet"]) == 0
+    capsys.readouterr()
+    assert print_tables.main([]) == 0
+    out = capsys.readouterr().out
+    assert "Table 1 over the example pairs" in out and "SmallCNN" in out
