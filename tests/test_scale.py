@@ -145,17 +145,20 @@ def test_an_error_of_rank_0_opening_the_store_stops_every_rank_with_its_line(tmp
     """Rank 0 cannot open the run's lock (here it is a folder): the other rank must not wait for
     it forever; both stop with the same one line, well within the timeout."""
     extra = ["--iters", "2", "--batch_size", "4"]
-    parts = tmp_path / f"{stem(*extra)}_fulleval_parts"
+    parts = tmp_path / "out" / f"{stem(*extra)}_fulleval_parts"
     (parts / "lock").mkdir(parents=True)
+    logs = tmp_path / "logs"  # each rank's stderr in a file of its own (they would interleave)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2"]
+                "--nproc_per_node=2", "--log-dir", str(logs), "--redirects", "2"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(command(tmp_path, *extra, launcher=launcher), capture_output=True,
+    proc = subprocess.run(command(tmp_path / "out", *extra, launcher=launcher), capture_output=True,
                           text=True, env=env, timeout=240, cwd=ROOT)
     assert proc.returncode != 0
-    said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(said) == 2 and said[0] == said[1], proc.stderr[-3000:]
-    assert "cannot open the run's files" in said[0] and "Is a directory" in said[0]
+    stderr = sorted(logs.rglob("stderr.log"))
+    assert len(stderr) == 2, proc.stderr[-3000:]
+    said = [f.read_text().strip().splitlines() for f in stderr]
+    assert all(len(lines) == 1 for lines in said) and said[0] == said[1], said
+    assert said[0][0].startswith("error: cannot open the run's files") and "Is a directory" in said[0][0]
 
 
 def test_a_filesystem_without_locks_is_named_in_one_line(tmp_path, monkeypatch):
