@@ -280,12 +280,13 @@ def input_size_flag(args: argparse.Namespace) -> tuple[int, int] | None:
     return None
 
 
-def check_fit(name: str, model, config, args: argparse.Namespace) -> None:
-    """The model scores as many classes as the dataset has (one forward pass)."""
+def check_fit(name: str, model, config, info, args: argparse.Namespace) -> None:
+    """The model scores as many classes as the dataset (`info`, its record) has: one forward
+    pass."""
     from models import num_outputs
 
     root = data_root(args)
-    classes = check_root(args.dataset, root).num_classes
+    classes = info.num_classes
     outputs = num_outputs(model, config.input_size)
     if outputs == classes:
         return
@@ -307,7 +308,7 @@ def model_and_data(args: argparse.Namespace):
     model, config = load_model(args.model, args.dataset, checkpoint=args.load_model_path,
                                model_dir=args.model_dir, device=args.device, image_size=size,
                                **preprocessing)
-    check_fit(args.model, model, config, args)
+    check_fit(args.model, model, config, info, args)
     if info.needs_model_config:  # the resize and crop come from the model's config
         dataset = load_dataset(args.dataset, root=data_root(args), config=config)
     shape = tuple(dataset[0][0].shape)
@@ -323,7 +324,7 @@ def model_and_data(args: argparse.Namespace):
         if other.input_size != config.input_size:
             raise DataError(f"--transfer_models {name} takes {other.input_size} images; the "
                             f"blind spots of {args.model} are {config.input_size}")
-        check_fit(name, judge, config, args)
+        check_fit(name, judge, config, info, args)
         transfer_models[model_name(name)] = judge
     if args.compile:  # same weights, fused kernels: results differ only by float rounding
         model = torch.compile(model)

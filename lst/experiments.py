@@ -68,7 +68,7 @@ def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], 
     are quantised to 1/255 on the first save, and every later run uses the quantised image.
     """
     channels = dataset[0][0].shape[0]
-    names = [f"{dataset_name}_target_{cls}.png" for cls in classes]
+    names = example_image_names(dataset_name, classes)
     images = [None] * len(classes)
     missing = []
     for k, name in enumerate(names):
@@ -90,11 +90,16 @@ def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], 
     return torch.stack(images).float() / 255, torch.tensor(list(classes)), names
 
 
+def example_image_names(dataset_name: str, classes: Sequence[int]) -> list[str]:
+    """The file names of the example images: {dataset_name}_target_{class}.png."""
+    return [f"{dataset_name}_target_{c}.png" for c in classes]
+
+
 def example_image_digests(out_dir: str | Path, dataset_name: str, classes: Sequence[int]
                           ) -> list[str | None]:
-    """The content hash of each saved example image {dataset_name}_target_{class}.png (None
-    where there is none yet): the run key's "example_images" of an examples run."""
-    paths = [Path(out_dir) / f"{dataset_name}_target_{c}.png" for c in classes]
+    """The content hash of each saved example image (None where there is none yet): the run
+    key's "example_images" of an examples run."""
+    paths = [Path(out_dir) / name for name in example_image_names(dataset_name, classes)]
     return [file_digest(p) if p.is_file() else None for p in paths]
 
 

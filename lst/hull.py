@@ -43,7 +43,6 @@ def triangle_edges(n: int = 10) -> dict[str, np.ndarray]:
             "chord": np.array([row[(n - k, k)] for k in range(n + 1)])}
 
 
-@torch.inference_mode()
 def blend(weights: torch.Tensor, vertices: torch.Tensor, part: slice) -> torch.Tensor:
     """Points `part` of the flat list (shape m, point k) -> sum_v weights[k, v] vertices[m, v].
 
@@ -63,6 +62,7 @@ def blend(weights: torch.Tensor, vertices: torch.Tensor, part: slice) -> torch.T
     return out
 
 
+@torch.inference_mode()
 def hull_confidences(model: nn.Module, sources: torch.Tensor, first: torch.Tensor,
                      second: torch.Tensor, labels: torch.Tensor, n: int = 10,
                      chunk_size: int = 512, precision: str = "fp32") -> torch.Tensor:
@@ -77,7 +77,7 @@ def hull_confidences(model: nn.Module, sources: torch.Tensor, first: torch.Tenso
     device = model_device(model)
     weights = triangle_grid(n).float().to(device)
     vertices = torch.stack([sources, first, second], dim=1).to(device)  # (M,3,C,H,W)
-    chunk_size = image_chunk(chunk_size, sources[0].numel())
+    chunk_size = image_chunk(chunk_size, sources.shape[1:].numel())
     m, p = len(sources), len(weights)
     point_labels = labels.to(device).repeat_interleave(p)
 
@@ -175,13 +175,13 @@ def segment_confidences(model: nn.Module, starts: torch.Tensor, ends: torch.Tens
     p = len(weights)
     starts, ends = starts.to(device), ends.to(device)
     total = len(starts) * p
-    chunk_size = image_chunk(chunk_size, starts[0].numel()) if total else chunk_size
+    chunk_size = image_chunk(chunk_size, starts.shape[1:].numel())
     point_labels = labels.to(device).repeat_interleave(p)
 
-    ends_of = torch.stack([starts, ends], dim=1)  # (N,2,C,H,W)
+    endpoints = torch.stack([starts, ends], dim=1)  # (N,2,C,H,W)
 
     def make_images(part: slice) -> torch.Tensor:
-        return blend(weights, ends_of, part).clamp_(0, 1)
+        return blend(weights, endpoints, part).clamp_(0, 1)
 
     confs = confidences_of(model, make_images, point_labels, total, chunk_size, precision)
     return confs.view(len(starts), p).cpu()

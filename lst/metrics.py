@@ -117,8 +117,7 @@ def image_distances(images: torch.Tensor, targets: torch.Tensor, *, chunk_size: 
     if images.shape != targets.shape:
         raise ValueError(f"images {tuple(images.shape)} and targets {tuple(targets.shape)} differ")
     n = len(images)
-    if n:
-        chunk_size = image_chunk(chunk_size, images[0].numel(), CHUNK_ELEMENTS)
+    chunk_size = image_chunk(chunk_size, images.shape[1:].numel(), CHUNK_ELEMENTS)
     net = lpips_net if lpips_net is not None else (lpips_network(images.device) if lpips else None)
     out = {k: np.full(n, np.nan) for k in ("l2", "linf", "ssim", "lpips")}
     for part in chunks(n, chunk_size):

@@ -10,6 +10,7 @@ import html
 import time
 from pathlib import Path
 
+from .experiments import example_image_names
 from .results import atomic_write
 from .tables import Run, format_tables, labels, run_arguments, show_value
 
@@ -39,8 +40,8 @@ def _targets(folder: Path, run: Run) -> list[Path]:
     for results written before they were kept), in class order."""
     if run.kind != "examples":
         return []
-    names = run.results.get("target_files") or [f"{run.args['dataset']}_target_{c}.png"
-                                                for c in run.results["classes"]]
+    names = (run.results.get("target_files")
+             or example_image_names(run.args["dataset"], run.results["classes"]))
     found = [folder / name for name in names]
     return [p for p in found if p.is_file()]
 

@@ -6,7 +6,9 @@ identity (run key, run id, fingerprints) is `lst.identity`.
     {out_dir}/{stem}_{mode}_parts/  while the run goes on (mode examples or fulleval):
         lock                        fcntl lock held by the run (its PID, host and start)
         state.pkl                   full_eval: the plan (sources and their targets)
-        pairs_{first}_{last}.pkl    full_eval: one per finished batch of pairs
+        pairs_{first}_{last}.pkl    full_eval: one per finished batch of pairs, a small header
+                                    (run key, pair ids) before its arrays
+    {out_dir}/{stem}_fulleval_dict_final_images.npy   a full_eval's blind spots (8-bit)
 
 Every results-relevant argument is in the run key (`run_key`); the stem ends in a short hash of
 it (`run_id`), so two different runs never share a file name and the same run always gets the
@@ -247,18 +249,20 @@ class RunStore:
         return sorted(self.parts_dir.glob("pairs_*.pkl"))
 
     @staticmethod
-    def _part_header(path: Path) -> tuple[dict, np.ndarray]:
-        """(run key, pair ids) of a saved part, from its header (a part saved before headers:
-        from the whole file)."""
-        header = load_header(path)
-        if set(header) == {"args", "results"}:  # one pickle: written before part headers
-            return header["args"], np.asarray(header["results"]["pair_ids"])
-        return header["run_key"], np.asarray(header["pair_ids"])
+    def _read_part(path: Path, with_body: bool = False) -> tuple[dict, dict | None]:
+        """(header {"run_key", "pair_ids"}, body) of a saved part; the body (its results dict)
+        only `with_body`, else None and the file is read no further than its header. A part
+        saved before headers (one pickle {"args", "results"}) is read whole."""
+        header, body = load_with_header(path) if with_body else (load_header(path), None)
+        if set(header) == {"args", "results"}:  # written before part headers
+            header, body = ({"run_key": header["args"],
+                             "pair_ids": header["results"]["pair_ids"]}, header["results"])
+        return header, body
 
     def saved_pairs(self) -> int:
         """How many pairs the saved parts hold (whichever run saved them)."""
         try:
-            return sum(len(self._part_header(p)[1]) for p in self._part_files())
+            return sum(len(self._read_part(p)[0]["pair_ids"]) for p in self._part_files())
         except (ResultsError, OSError):
             return 0
 
@@ -267,18 +271,16 @@ class RunStore:
         headers; ResumeError for a part saved with another key."""
         ids = []
         for path in self._part_files():
-            saved, pair_ids = self._part_header(path)
-            self._check_key(saved, key, path)
-            ids.append(pair_ids)
+            header, _ = self._read_part(path)
+            self._check_key(header["run_key"], key, path)
+            ids.append(np.asarray(header["pair_ids"]))
         return np.concatenate(ids).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
 
     def iter_parts(self, key: dict) -> Iterator[dict]:
         """Every saved part's results dict, one at a time, in file-name order; ResumeError for a
         part saved with another key."""
         for path in self._part_files():
-            header, body = load_with_header(path)
-            if body is None:  # one pickle {"args", "results"}: written before part headers
-                header, body = {"run_key": header["args"]}, header["results"]
+            header, body = self._read_part(path, with_body=True)
             self._check_key(header["run_key"], key, path)
             yield body
 
