@@ -425,7 +425,18 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
     return (f"full_eval: {results['final_confs'].size} pairs on {rank.world_size} process(es), "
             f"mean final confidence {np.nanmean(results['final_confs']):.3f}, mean L2 "
             f"{np.nanmean(results['l2']):.3f}, mean SSIM {np.nanmean(results['ssim']):.3f}"
-            f"{precision_note(results, settings)}; wrote {', '.join(map(str, written))}")
+            f"{schedule_note(results, settings)}{precision_note(results, settings)}; wrote "
+            f"{', '.join(map(str, written))}")
+
+
+def schedule_note(results: dict, settings: LSTSettings) -> str:
+    """Under the adaptive schedule: the model passes the walks took, against the fixed budget."""
+    if settings.schedule == "fixed":
+        return ""
+    kept = results["kept"]
+    return (f", adaptive schedule: {np.mean(results['passes'][kept]):.0f} passes a pair "
+            f"(at most {settings.iters + 1}), distance left "
+            f"{np.median(results['distance_left'][kept]):.3f} (median)")
 
 
 def precision_note(results: dict, settings: LSTSettings) -> str:

@@ -1,4 +1,4 @@
-"""The README's CIFAR-10 full_eval (both ResNet-20s) at reduced size, in fp32 and in bf16.
+"""The CIFAR-10 full_eval of docs/results-cifar10.md (both ResNet-20s) at reduced size, in fp32 and in bf16.
 
     python benchmarks/bench_full_eval.py --cifar_path ../shared/data/cifar10 --threads 2
 

@@ -1,4 +1,4 @@
-"""Several processes through torch.distributed, started by torchrun (README, "Long runs").
+"""Several processes through torch.distributed, started by torchrun (docs/long-runs.md).
 
 Under `torchrun --nproc_per_node=N ...` the environment carries RANK, WORLD_SIZE and LOCAL_RANK;
 `setup` joins the process group (NCCL on CUDA, Gloo on CPU) and gives each rank its own device.

@@ -120,7 +120,8 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     Returns a dict (numpy arrays, K = len(classes)): images (K,C,H,W), labels (K,),
     target_files (the K example images' file names),
     blind_spots (K,K,C,H,W) [source s, target t], the diagonal holding the originals;
-    init_confs (K,), final_confs / kept / l2 / linf / ssim / lpips (K,K); limbs (K,K,P) and
+    init_confs (K,), final_confs / kept / l2 / linf / ssim / lpips / passes / distance_left
+    (K,K); limbs (K,K,P) and
     straight (K,K,P): source-class confidence along source->blind spot and source->target;
     hull_pairs (M,2) target pairs, hull_confs (K,M,66), and the path recordings asked for,
     shaped (K,K,...). With transfer_models (name -> model of the same dataset):
@@ -165,7 +166,9 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     results["kept"] = square(run["kept"], True)
     for key in ("l2", "linf", "ssim", "lpips"):
         results[key] = square(run[key], np.nan)
-    for key in ("confs_over_path", "images_over_path", "widths"):
+    results["passes"] = square(run["passes"], 0)
+    results["distance_left"] = square(run["distance_left"], 0.0)
+    for key in ("confs_over_path", "distance_over_path", "images_over_path", "widths"):
         if run[key] is not None:
             results[key] = square(run[key], 0)
     if transfer_models:
@@ -273,8 +276,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
 
     Returns (results, all_confs) on rank 0 and (None, None) elsewhere. results (N sources, R
     rounds): source_indices (N,), labels (N,), target_indices / target_labels (N,R), init_confs
-    (N,R) (p0 of the source, per pair), final_confs, kept, accept_rate, l2, linf, ssim, lpips
-    (N,R), float32_violations (a float, see `float32_violations`), path recordings (N,R,...)
+    (N,R) (p0 of the source, per pair), final_confs, kept, accept_rate, passes, distance_left,
+    l2, linf, ssim, lpips (N,R), float32_violations (a float, see `float32_violations`), path recordings (N,R,...)
     when asked, and with get_final_imgs final_images
     (N,R,C,H,W) uint8, hull_stats (dict of (N,) arrays, Table 2) and segment_stats (dict of
     (N,) arrays, Table 2b: limbs and chords kept); with transfer_models (name -> model of the

@@ -137,7 +137,7 @@ def plot_star(results: dict, path: Path) -> Path:
     ax.set_ylabel("source-class confidence")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, loc="lower left")
-    ax.set_title("Star-like level sets: straight lines to the blind spots stay confident",
+    ax.set_title("Source-class confidence along straight lines from each source",
                  fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

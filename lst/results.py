@@ -1,4 +1,4 @@
-"""Results files (schema: README, "Results schema"): plain pickles, written atomically, read
+"""Results files (schema: docs/usage.md, "Results schema"): plain pickles, written atomically, read
 back through a safe unpickler.
 
 A results file is a dict {"args": {...}, "results": {...}} of plain Python containers (dict,

@@ -30,6 +30,9 @@ from .progress import progress_bar
 from .widths import path_widths
 
 PAPER_ADV_STEP_SIZE = 1 / 255  # eps when the adversarial term is switched on (--adv_pert) alone
+SCHEDULES = ("fixed", "adaptive")
+ADAPTIVE_FIELDS = ("step_grow", "step_shrink", "step_max", "step_min", "stop_distance",
+                   "corrector")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,25 @@ class LSTSettings:
         "help": "the model's arithmetic: fp32 (the paper's), or bf16/fp16 autocast (faster; "
                 "the blind spots' confidences are re-evaluated in fp32)",
         "choices": tuple(PRECISIONS)})
+    schedule: str = field(default="fixed", metadata={
+        "help": "fixed: every step moves step_size of the way (the paper's); adaptive: a step "
+                "size per sample that grows after accepted steps and shrinks after rejected "
+                "ones, and a sample stops near its target (docs/design.md, 'The step schedule')",
+        "choices": SCHEDULES})
+    step_grow: float = field(default=1.5, metadata={
+        "help": "adaptive: the step size's factor after an accepted step"})
+    step_shrink: float = field(default=0.5, metadata={
+        "help": "adaptive: the step size's factor after a rejected step"})
+    step_max: float = field(default=0.5, metadata={
+        "help": "adaptive: the largest step size (fraction of the way to the target)"})
+    step_min: float = field(default=1e-3, metadata={
+        "help": "adaptive: a sample stops once its step size falls below this"})
+    stop_distance: float = field(default=0.01, metadata={
+        "help": "adaptive: a sample stops within this fraction of its source-target distance "
+                "from the target"})
+    corrector: bool = field(default=False, metadata={
+        "help": "adaptive: each step also moves along the gradient back towards p0 (a Newton "
+                "step with the gradient at hand, no extra pass)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width_distances", tuple(self.width_distances))
@@ -89,6 +111,20 @@ class LSTSettings:
             raise ValueError(f"init_noise must be >= 0, got {self.init_noise}")
         if self.iters < 0:
             raise ValueError(f"iters must be >= 0, got {self.iters}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (math.isfinite(self.step_grow) and self.step_grow >= 1):
+            raise ValueError(f"step_grow must be >= 1, got {self.step_grow}")
+        if not 0 < self.step_shrink < 1:
+            raise ValueError(f"step_shrink must be in (0, 1), got {self.step_shrink}")
+        if not 0 < self.step_min <= self.step_max <= 1:
+            raise ValueError(f"need 0 < step_min <= step_max <= 1, got step_min {self.step_min}, "
+                             f"step_max {self.step_max}")
+        if not 0 <= self.stop_distance < 1:
+            raise ValueError(f"stop_distance must be in [0, 1), got {self.stop_distance}")
+        if self.schedule == "adaptive" and self.step_size < self.step_min:
+            raise ValueError(f"the adaptive schedule starts at step_size, which must be >= "
+                             f"step_min, got {self.step_size} < {self.step_min}")
         for name in ("log_step", "width_directions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -98,8 +134,14 @@ class LSTSettings:
                              f"{list(self.width_distances)}")
 
     def as_dict(self) -> dict:
-        """The settings as plain values (width_distances a list), for results files."""
-        return dict(asdict(self), width_distances=list(self.width_distances))
+        """The settings as plain values (width_distances a list), for results files and run
+        keys. The fixed schedule leaves out the schedule's fields, so runs of the paper's
+        algorithm keep the run ids they had before the adaptive schedule existed."""
+        values = dict(asdict(self), width_distances=list(self.width_distances))
+        if self.schedule == "fixed":
+            for name in ("schedule", *ADAPTIVE_FIELDS):
+                values.pop(name)
+        return values
 
 
 @dataclass
@@ -112,12 +154,20 @@ class LSTResult:
     init_confs: (N,) float32: p0, source-class confidence at the clean source (in float32).
     final_confs: (N,) float32: source-class confidence at the final image (in float32; with
         precision bf16/fp16 re-evaluated in float32 after the walk).
-    accept_rate: (N,) float32: fraction of iterations whose step was accepted.
+    accept_rate: (N,) float32: fraction of the steps taken that were accepted.
     log_iters: (R,) int64: the iterations recorded (0, L, 2L, ... < iters).
     confs_over_path: (N,R,2) float32 or None: source- and target-class confidence at each
         recorded iterate (before its step); recorded with get_confs_over_path or get_images.
+    distance_over_path: (N,R) float32 or None: |x - x_t| / |x_s - x_t| at each recorded iterate
+        (recorded with the confidences; NaN for a skipped source).
     images_over_path: (N,R,C,H,W) uint8 or None: the recorded iterates, 8-bit to stay compact.
     widths: (N,R,len(width_distances)+1,2) float32 or None: path widths (see `path_widths`).
+        Under the adaptive schedule, recordings after a sample stopped hold its last iterate
+        (its widths there are NaN).
+    passes: (N,) int64: forward+backward passes of the model the walk used for the sample (1 +
+        the steps it took; 0 for a skipped source; iters + 1 under the fixed schedule).
+    distance_left: (N,) float32: |x - x_t| / |x_s - x_t| at the blind spot, the fraction of the
+        source-target distance still to go (NaN for a skipped source).
     All tensors except final_images are on the CPU.
     """
 
@@ -128,8 +178,11 @@ class LSTResult:
     accept_rate: torch.Tensor
     log_iters: torch.Tensor
     confs_over_path: torch.Tensor | None = None
+    distance_over_path: torch.Tensor | None = None
     images_over_path: torch.Tensor | None = None
     widths: torch.Tensor | None = None
+    passes: torch.Tensor | None = None
+    distance_left: torch.Tensor | None = None
 
     def numpy(self) -> dict:
         """The result as a dict of numpy arrays (None stays None), for results files."""
@@ -223,7 +276,8 @@ def _confidence_and_grad(model: nn.Module, x: torch.Tensor, labels: torch.Tensor
 def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
                         targets: torch.Tensor, settings: LSTSettings | None = None, *,
                         target_labels: torch.Tensor | None = None,
-                        sample_ids: Sequence[int] | None = None, progress: bool = False,
+                        sample_ids: Sequence[int] | None = None,
+                        stop_distances: torch.Tensor | None = None, progress: bool = False,
                         **overrides) -> LSTResult:
     """Run LST from each source towards its target (paper §3).
 
@@ -235,6 +289,9 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         by default the model's prediction on the targets.
     sample_ids: the noise of sample k comes from (settings.seed, sample_ids[k]) alone (default
         ids 0..N-1), so a sample's result does not depend on the batch it is in.
+    stop_distances: (N,) for the adaptive schedule, the distance left (fraction of the
+        source-target distance) at which each sample stops, in place of settings.stop_distance
+        (e.g. to walk each pair until it is as close as another run got).
     Returns an `LSTResult`.
     """
     settings = replace(settings or LSTSettings(), **overrides)
@@ -248,6 +305,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                          "must have the same shape")
     if labels.shape != (n,) or labels.is_floating_point() or len(ids) != n:
         raise ValueError(f"labels must be (N,) integers and sample_ids N ids, N = {n}")
+    if stop_distances is not None and stop_distances.shape != (n,):
+        raise ValueError(f"stop_distances must be (N,), N = {n}, got {tuple(stop_distances.shape)}")
     x_src = sources.to(device, torch.float32).clamp(0, 1)  # within the tolerance of [0,1]
     x_tgt = targets.to(device, torch.float32).clamp(0, 1)
     y = labels.to(device, torch.int64)
@@ -271,18 +330,23 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     log_iters = torch.arange(0, settings.iters, settings.log_step)
     n_logs = len(log_iters) if record_confs or settings.get_widths else 0
     confs_over_path = torch.zeros(n, n_logs, 2) if record_confs else None
+    distance_over_path = torch.full((n, n_logs), float("nan")) if record_confs else None
     images_over_path = (torch.zeros(n, n_logs, *sources.shape[1:], dtype=torch.uint8)
                         if settings.get_images else None)
     widths = (torch.zeros(n, n_logs, len(settings.width_distances) + 1, 2)
               if settings.get_widths else None)
     accepted_steps = torch.zeros(n, device=device)
+    passes = torch.zeros(n, device=device)
     final = x_src.clone()
     final_confs = init_confs.clone()
+    distance_left = torch.full((n,), float("nan"), device=device)
 
     idx = kept.nonzero().squeeze(1)
     precision = settings.precision
+    adaptive = settings.schedule == "adaptive"
     if len(idx) > 0:
         xs, xt, yk, p0 = x_src[idx], x_tgt[idx], y[idx], init_confs[idx]
+        yt = y_tgt[idx] if y_tgt is not None else yk
         if precision != "fp32":  # the acceptance test compares confidences of one arithmetic
             p0 = probabilities(model, xs, precision=precision).gather(1, yk.view(-1, 1)).squeeze(1)
         kept_ids = [ids[i] for i in idx.tolist()]
@@ -292,49 +356,131 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         adv = torch.zeros_like(x)
         probs, grad = _confidence_and_grad(model, x, yk, precision)
         conf = probs.gather(1, yk.view(-1, 1)).squeeze(1)
-        idx_cpu = idx.cpu()
+        passes[idx] = 1
+        span = (xt - xs).flatten(1).norm(dim=1)  # the source-target distance
+        stop_at = (torch.full((len(idx),), settings.stop_distance, device=device)
+                   if stop_distances is None else stop_distances.to(device, torch.float32)[idx])
+        step = torch.full((len(idx),), min(settings.step_size, settings.step_max), device=device)
+        rows = idx.clone()  # each walking sample's row among the inputs
         eps = settings.adv_step_size
         for i in progress_bar(range(settings.iters), desc="LST", disable=not progress,
                               leave=False):
+            if adaptive:  # samples near their target or out of step size leave the batch
+                stop = (_distance_left(x, xt, span) <= stop_at) | (step < settings.step_min)
+                if stop.any():
+                    final[rows[stop]], final_confs[rows[stop]] = x[stop], conf[stop]
+                    _record_until_the_end(rows[stop].cpu(), i, settings.log_step, x[stop],
+                                          conf[stop], probs[stop].gather(1, yt[stop].view(-1, 1)),
+                                          _distance_left(x[stop], xt[stop], span[stop]),
+                                          confs_over_path, distance_over_path, images_over_path,
+                                          widths)
+                    walking = ~stop
+                    x, xt, yk, yt, p0, adv, probs, grad, conf, step, span, stop_at, rows = (
+                        t[walking] for t in (x, xt, yk, yt, p0, adv, probs, grad, conf, step,
+                                             span, stop_at, rows))
+                    if len(rows) == 0:
+                        break
             d_perp = orthogonal_step(grad, xt - x)
             if i % settings.log_step == 0 and n_logs:
-                r = i // settings.log_step
+                r, rows_cpu = i // settings.log_step, rows.cpu()
                 if confs_over_path is not None:
-                    confs_over_path[idx_cpu, r, 0] = conf.cpu()
-                    confs_over_path[idx_cpu, r, 1] = probs.gather(
-                        1, y_tgt[idx].view(-1, 1)).squeeze(1).cpu()
+                    confs_over_path[rows_cpu, r, 0] = conf.cpu()
+                    confs_over_path[rows_cpu, r, 1] = probs.gather(
+                        1, yt.view(-1, 1)).squeeze(1).cpu()
+                    distance_over_path[rows_cpu, r] = _distance_left(x, xt, span).cpu()
                 if images_over_path is not None:
-                    images_over_path[idx_cpu, r] = (x * 255).round().to(torch.uint8).cpu()
+                    images_over_path[rows_cpu, r] = (x * 255).round().to(torch.uint8).cpu()
                 if widths is not None:
-                    widths[idx_cpu, r] = path_widths(
+                    widths[rows_cpu, r] = path_widths(
                         model, x, d_perp, yk, settings.width_distances,
                         num_directions=settings.width_directions, seed=settings.seed,
-                        sample_ids=kept_ids, stream=f"widths/{r}", precision=precision)
+                        sample_ids=[ids[k] for k in rows_cpu.tolist()], stream=f"widths/{r}",
+                        precision=precision)
             if eps is not None:
                 adv = (adv + (eps / 2) * grad).clamp(-eps, eps)
-            proposal = (x + settings.step_size * d_perp - adv).clamp(0, 1)
+            if adaptive:
+                move = step.view(-1, 1, 1, 1) * d_perp
+                if settings.corrector:
+                    move = move + newton_correction(grad, conf, p0, move)
+            else:
+                move = settings.step_size * d_perp
+            proposal = (x + move - adv).clamp(0, 1)
             new_probs, new_grad = _confidence_and_grad(model, proposal, yk, precision)
             new_conf = new_probs.gather(1, yk.view(-1, 1)).squeeze(1)
             accept = (p0 - new_conf) < settings.pthresh
-            accepted_steps[idx] += accept.float()
+            accepted_steps[rows] += accept.float()
+            passes[rows] += 1
             a4 = accept.view(-1, 1, 1, 1)
             x = torch.where(a4, proposal, x)
             grad = torch.where(a4, new_grad, grad)
             probs = torch.where(accept.view(-1, 1), new_probs, probs)
             conf = torch.where(accept, new_conf, conf)
-        final[idx] = x.detach()
-        # the blind spots' confidences in float32, whatever arithmetic the walk used
-        final_confs[idx] = conf if precision == "fp32" else class_confidence_of(model, x, yk)
+            if adaptive:
+                step = torch.where(accept, (step * settings.step_grow).clamp(max=settings.step_max),
+                                   step * settings.step_shrink)
+        final[rows], final_confs[rows] = x.detach(), conf
+        distance_left[idx] = _distance_left(final[idx], x_tgt[idx], (x_tgt[idx] - x_src[idx])
+                                            .flatten(1).norm(dim=1))
+        if precision != "fp32":  # the blind spots' confidences in float32, whatever the walk used
+            final_confs[idx] = class_confidence_of(model, final[idx], y[idx])
     return LSTResult(
         final_images=final.to(sources.device),
         kept=kept.cpu(),
         init_confs=init_confs.detach().cpu(),
         final_confs=final_confs.cpu(),
-        accept_rate=(accepted_steps / max(settings.iters, 1)).cpu(),
+        accept_rate=(accepted_steps / (passes - 1).clamp(min=1)).cpu(),
         log_iters=log_iters[:n_logs] if n_logs else log_iters[:0],
         confs_over_path=confs_over_path,
+        distance_over_path=distance_over_path,
         images_over_path=images_over_path,
         widths=widths,
+        passes=passes.to(torch.int64).cpu(),
+        distance_left=distance_left.cpu(),
     )
+
+
+def _distance_left(x: torch.Tensor, targets: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+    """|x - x_t| / |x_s - x_t| per sample ((N,C,H,W), (N,C,H,W), (N,) -> (N,)); 0 where the
+    source is its target."""
+    left = (targets - x).flatten(1).norm(dim=1)
+    return torch.where(span > 0, left / span.clamp_min(1e-30), torch.zeros_like(left))
+
+
+def newton_correction(grad: torch.Tensor, conf: torch.Tensor, p0: torch.Tensor,
+                      move: torch.Tensor) -> torch.Tensor:
+    """The corrector of a level-set continuation, with the gradient at hand: a Newton step
+    (p0 - p) g_p / |g_p|^2 back up to p0, where g_p = -p grad is the gradient of the source-class
+    confidence p (grad: of the cross-entropy). Only below p0 (above, the walk is already safe),
+    and never longer than the step `move` it is added to. All (N,C,H,W) but conf, p0 (N,);
+    returns (N,C,H,W) float32.
+    """
+    g_p = -(conf.view(-1, 1, 1, 1) * grad)
+    norm2 = g_p.flatten(1).pow(2).sum(dim=1).clamp_min(1e-30)
+    gap = (p0 - conf).clamp(min=0)
+    correction = (gap / norm2).view(-1, 1, 1, 1) * g_p
+    length = correction.flatten(1).norm(dim=1)
+    cap = move.flatten(1).norm(dim=1)
+    scale = torch.where(length > cap, cap / length.clamp_min(1e-30), torch.ones_like(length))
+    return correction * scale.view(-1, 1, 1, 1)
+
+
+def _record_until_the_end(rows: torch.Tensor, i: int, log_step: int, x: torch.Tensor,
+                          conf: torch.Tensor, target_conf: torch.Tensor, left: torch.Tensor,
+                          confs_over_path: torch.Tensor | None,
+                          distance_over_path: torch.Tensor | None,
+                          images_over_path: torch.Tensor | None,
+                          widths: torch.Tensor | None) -> None:
+    """A sample that stopped at iteration i stays where it is: its recordings from i on hold its
+    last iterate (confidences, distance left, image); its path widths there are NaN (not
+    measured)."""
+    first = -(-i // log_step)  # the first recording at or after iteration i
+    if confs_over_path is not None and first < confs_over_path.shape[1]:
+        confs_over_path[rows, first:, 0] = conf.cpu().view(-1, 1)
+        confs_over_path[rows, first:, 1] = target_conf.cpu().view(-1, 1)
+        distance_over_path[rows, first:] = left.cpu().view(-1, 1)
+    if images_over_path is not None and first < images_over_path.shape[1]:
+        images_over_path[rows, first:] = (x * 255).round().to(torch.uint8).cpu().unsqueeze(1)
+    if widths is not None:
+        widths[rows, first:] = float("nan")
 
 

@@ -257,14 +257,35 @@ def test_every_settings_field_reaches_the_settings_from_its_flag():
     changed = LSTSettings(step_size=0.5, iters=7, pthresh=0.3, adv_step_size=0.01, init_noise=0.1,
                           log_step=2, get_confs_over_path=True, get_images=True, get_widths=True,
                           width_distances=(0.5, 3.0), width_directions=9, seed=4,
-                          precision="bf16")
+                          precision="bf16", schedule="adaptive", step_grow=2.0, step_shrink=0.25,
+                          step_max=0.8, step_min=0.005, stop_distance=0.05, corrector=True)
     assert all(getattr(changed, f.name) != getattr(LSTSettings(), f.name) for f in fields(LSTSettings))
     argv = ["smallcnn-normal", "shapes", "--examples", "--step_size", "0.5", "--iters", "7",
             "--pthresh", "0.3", "--adv_pert", "--adv_step_size", "0.01", "--init_noise", "0.1",
             "--log_step", "2", "--get_confs_over_path", "--get_images", "--get_widths",
             "--width_distances", "0.5", "3", "--width_directions", "9", "--seed", "4",
-            "--precision", "bf16"]
+            "--precision", "bf16", "--schedule", "adaptive", "--step_grow", "2",
+            "--step_shrink", "0.25", "--step_max", "0.8", "--step_min", "0.005",
+            "--stop_distance", "0.05", "--corrector"]
     assert cli.lst_settings(cli.parse_args(argv)) == changed
+
+
+def test_the_adaptive_schedule_is_another_run_with_its_passes_in_the_results(tmp_path, capsys):
+    argv = ["smallcnn-normal", "shapes", "--full_eval", "--num_samples", "6", "--rounds", "2",
+            "--iters", "40", "--step_size", "0.01", "--pthresh", "0.2", "--out_dir", str(tmp_path),
+            "--quiet"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv + ["--schedule", "adaptive"]) == 0
+    out = capsys.readouterr().out
+    assert "adaptive schedule:" in out and "passes a pair (at most 41)" in out
+    fixed, adaptive = (load_results(tmp_path / f"{stem_for(a)}_fulleval_dict.pkl")["results"]
+                       for a in (argv, argv + ["--schedule", "adaptive"]))
+    assert stem_for(argv) != stem_for(argv + ["--schedule", "adaptive"])
+    assert (fixed["passes"] == 41).all() and fixed["passes"].shape == (6, 2)
+    assert (adaptive["passes"] <= 41).all() and adaptive["passes"].shape == (6, 2)
+    assert np.all(adaptive["init_confs"] - adaptive["final_confs"] < 0.2)
+    assert np.isfinite(adaptive["distance_left"]).all()
+    assert np.median(adaptive["distance_left"]) < np.median(fixed["distance_left"])
 
 
 def test_row_labels_name_only_what_differs():

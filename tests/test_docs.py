@@ -1,12 +1,14 @@
-"""Every relative link and image in README.md and docs/*.md resolves: the file exists, and a
-#fragment names a heading of the page it points to (GitHub's anchors)."""
+"""Every relative link and image in README.md, docs/*.md, benchmarks/README.md and the model
+card resolves: the file exists, and a #fragment names a heading of the page it points to
+(GitHub's anchors)."""
 import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md",
+         ROOT / "models" / "MODEL_CARD.md"]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|<img[^>]*\ssrc=\"([^\"]+)\"")
 
 
@@ -37,5 +39,15 @@ def test_every_relative_link_and_image_resolves(page):
     assert not broken, f"{page.name}: {broken}"
 
 
-def test_the_anchor_rule_is_githubs():
-    assert "mixed-precision---precision-bf16" in anchors(ROOT / "README.md")
+def test_the_anchor_rule_is_githubs(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# Mixed precision: `--precision bf16`\n```\n# not a heading\n```\n"
+                    "## The paper's runs\n")
+    assert anchors(page) == {"mixed-precision---precision-bf16", "the-papers-runs"}
+
+
+def test_the_readme_is_short_and_links_every_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 210
+    for page in [*sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md"]:
+        assert str(page.relative_to(ROOT)) in readme, f"README.md does not link {page.name}"

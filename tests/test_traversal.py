@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import lst
 from lst.traversal import initial_noise
-from tests.conftest import linear_classifier, small_cnn
+from tests.conftest import frozen, linear_classifier, small_cnn
 
 
 def literal_lst(model, sources, labels, targets, *, step_size, iters, pthresh, adv_step_size,
@@ -231,3 +231,146 @@ def test_a_model_in_train_mode_is_walked_in_eval_mode_and_given_back_unchanged()
         np.testing.assert_array_equal(got[key], expected[key])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training and not model.features[1].training and model.features[0].training
+
+
+# The step schedule (docs/design.md, "The step schedule")
+
+def fused_fixed_reference(model, sources, labels, targets, *, step_size, iters, pthresh,
+                          adv_step_size, noise):
+    """The engine's loop as it was before the adaptive schedule existed (fp32), kept verbatim
+    so that the fixed schedule can be checked bit for bit against it."""
+    def conf_and_grad(x):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x).float()
+            probs = torch.softmax(logits.detach(), dim=1)
+            grad, = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), x)
+        return probs, grad
+
+    p0 = lst.class_confidence_of(model, sources, labels)
+    x = (sources + noise).clamp(0, 1)
+    adv = torch.zeros_like(x)
+    probs, grad = conf_and_grad(x)
+    conf = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    for _ in range(iters):
+        d_perp = lst.traversal.orthogonal_step(grad, targets - x)
+        if adv_step_size is not None:
+            adv = (adv + (adv_step_size / 2) * grad).clamp(-adv_step_size, adv_step_size)
+        proposal = (x + step_size * d_perp - adv).clamp(0, 1)
+        new_probs, new_grad = conf_and_grad(proposal)
+        new_conf = new_probs.gather(1, labels.view(-1, 1)).squeeze(1)
+        accept = (p0 - new_conf) < pthresh
+        a4 = accept.view(-1, 1, 1, 1)
+        x = torch.where(a4, proposal, x)
+        grad = torch.where(a4, new_grad, grad)
+        conf = torch.where(accept, new_conf, conf)
+    return x, conf
+
+
+def test_the_fixed_schedule_is_bit_for_bit_the_engine_of_before(cnn, images):
+    sources, targets = images
+    labels = correctly_classified(cnn, sources)
+    noise = initial_noise(sources.shape[1:], 4 / 255, 0, range(len(sources)))
+    kwargs = dict(step_size=0.2, iters=25, pthresh=0.01, adv_step_size=2e-3)
+    res = lst.level_set_traversal(cnn, sources, labels, targets, schedule="fixed", **kwargs)
+    x, conf = fused_fixed_reference(cnn, sources, labels, targets, noise=noise, **kwargs)
+    assert (res.accept_rate < 1).any() and (res.accept_rate > 0).any()
+    assert torch.equal(res.final_images, x) and torch.equal(res.final_confs, conf)
+    assert (res.passes == 25 + 1).all()
+    left = (x - targets).flatten(1).norm(dim=1) / (sources - targets).flatten(1).norm(dim=1)
+    torch.testing.assert_close(res.distance_left, left, atol=1e-6, rtol=0)
+    # the fixed schedule's run key is the one it had before the schedule existed
+    assert "schedule" not in lst.LSTSettings().as_dict()
+    assert lst.LSTSettings(schedule="adaptive").as_dict()["schedule"] == "adaptive"
+
+
+@pytest.mark.parametrize("corrector", [False, True])
+def test_the_adaptive_schedule_keeps_every_pair_in_the_level_set(cnn, images, corrector):
+    sources, targets = images
+    labels = correctly_classified(cnn, sources)
+    pthresh = 0.01
+    res = lst.level_set_traversal(cnn, sources, labels, targets, iters=60, pthresh=pthresh,
+                                  adv_step_size=1 / 255, schedule="adaptive", step_size=0.2,
+                                  corrector=corrector)
+    assert (res.accept_rate < 1).any()  # the test means something only if steps were refused
+    recomputed = lst.class_confidence_of(cnn, res.final_images, labels)
+    torch.testing.assert_close(res.final_confs, recomputed, atol=1e-5, rtol=0)
+    assert (recomputed > res.init_confs - pthresh).all()
+
+
+class Bump(torch.nn.Module):
+    """Two classes; the source class's logit is -k |x - c|^2: its level sets are spheres around
+    c, so every step orthogonal to the gradient leaves the sphere and lowers the confidence."""
+
+    def __init__(self, centre: torch.Tensor, k: float = 5.0):
+        super().__init__()
+        self.register_buffer("centre", centre)
+        self.k = k
+
+    def forward(self, x):
+        r2 = (x - self.centre).flatten(1).pow(2).sum(dim=1)
+        return torch.stack([2.0 - self.k * r2, torch.zeros_like(r2)], dim=1)
+
+
+def test_stopped_samples_leave_the_batch():
+    """Pairs whose target is their source stop at once (nothing left to go); on a level set
+    that refuses every step, the others stop when their step size falls below step_min: each
+    pass holds only the samples still walking, and `passes` counts them."""
+    g = torch.Generator().manual_seed(0)
+    centre = torch.full((3, 4, 4), 0.5)
+    sources = (centre + 0.05 * torch.randn(6, 3, 4, 4, generator=g)).clamp(0, 1)
+    targets = torch.rand(6, 3, 4, 4, generator=g)
+    targets[:3] = sources[:3]
+    model = frozen(Bump(centre))
+    labels = torch.zeros(6, dtype=torch.int64)
+    batches = []
+    model.register_forward_hook(lambda m, inputs, out: batches.append(len(inputs[0])))
+    settings = dict(iters=100, init_noise=0.0, pthresh=1e-9, step_size=0.01, step_min=1e-3,
+                    step_shrink=0.5)
+    res = lst.level_set_traversal(model, sources, labels, targets, schedule="adaptive", **settings)
+    assert res.kept.all()
+    # 0.01 halves below 1e-3 after 4 refused steps: 1 + 4 passes; the others only the first
+    assert res.passes.tolist() == [1, 1, 1, 5, 5, 5]
+    assert batches == [6, 6, 3, 3, 3, 3]  # clean p0, start, then only the walking ones
+    assert sum(batches[1:]) == int(res.passes.sum())
+    assert (res.distance_left[:3] == 0).all() and (res.distance_left[3:] == 1).all()
+    torch.testing.assert_close(res.final_images, sources)  # nothing was accepted
+    fixed = lst.level_set_traversal(model, sources, labels, targets, **settings)
+    assert (fixed.passes == 101).all()
+
+
+def test_on_a_known_level_set_adaptive_needs_far_fewer_passes():
+    """A linear model's level sets are hyperplanes: with targets on the source's level set, every
+    orthogonal step is accepted and the fixed schedule closes (1 - eta) of the distance per
+    step. The adaptive one reaches at least that closeness in a quarter of the passes or less."""
+    g = torch.Generator().manual_seed(0)
+    dim = 3 * 8 * 8
+    weight = torch.randn(4, dim, generator=g) * 0.05
+    model = linear_classifier(weight, torch.zeros(4))
+    sources = 0.5 + 0.1 * (torch.rand(6, 3, 8, 8, generator=g) - 0.5)
+    shift = 0.1 * (torch.rand(6, dim, generator=g) - 0.5)
+    shift -= shift @ torch.linalg.pinv(weight) @ weight  # no change of any logit
+    targets = sources + shift.view_as(sources)
+    labels = correctly_classified(model, sources)
+    common = dict(init_noise=0.0, pthresh=0.05, step_size=0.01, get_confs_over_path=True,
+                  log_step=1)
+    fixed = lst.level_set_traversal(model, sources, labels, targets, iters=400, **common)
+    torch.testing.assert_close(fixed.distance_left, torch.full((6,), 0.99 ** 400), atol=1e-3,
+                               rtol=0)
+    adaptive = lst.level_set_traversal(model, sources, labels, targets, iters=400,
+                                       schedule="adaptive", stop_distance=0.99 ** 400, **common)
+    assert (adaptive.distance_left <= 0.99 ** 400).all()
+    assert (adaptive.passes * 4 <= fixed.passes).all(), adaptive.passes
+    # the recorded distance is the walk's own, and holds still once the sample stopped
+    walked = adaptive.distance_over_path
+    assert (walked[:, 1:] <= walked[:, :-1] + 1e-6).all()
+    torch.testing.assert_close(walked[:, -1], adaptive.distance_left, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [dict(schedule="fast"), dict(step_grow=0.5),
+                                 dict(step_shrink=1.0), dict(step_max=2.0),
+                                 dict(step_min=0.6, step_max=0.5), dict(stop_distance=1.0),
+                                 dict(schedule="adaptive", step_size=1e-4)])
+def test_schedule_settings_refuse_values_that_mean_nothing(bad):
+    with pytest.raises(ValueError):
+        lst.LSTSettings(**bad)
