@@ -32,7 +32,7 @@ from .widths import path_widths
 PAPER_ADV_STEP_SIZE = 1 / 255  # eps when the adversarial term is switched on (--adv_pert) alone
 SCHEDULES = ("fixed", "adaptive")
 ADAPTIVE_FIELDS = ("step_grow", "step_shrink", "step_max", "step_min", "stop_distance",
-                   "corrector")
+                   "stall_steps", "stall_tolerance", "corrector")
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,11 @@ class LSTSettings:
     stop_distance: float = field(default=0.01, metadata={
         "help": "adaptive: a sample stops within this fraction of its source-target distance "
                 "from the target"})
+    stall_steps: int = field(default=20, metadata={
+        "help": "adaptive: a sample also stops when its distance left has fallen by less than "
+                "stall_tolerance (relative) over its last stall_steps steps (0: never)"})
+    stall_tolerance: float = field(default=0.02, metadata={
+        "help": "adaptive: see stall_steps"})
     corrector: bool = field(default=False, metadata={
         "help": "adaptive: each step also moves along the gradient back towards p0 (a Newton "
                 "step with the gradient at hand, no extra pass)"})
@@ -122,6 +127,9 @@ class LSTSettings:
                              f"step_max {self.step_max}")
         if not 0 <= self.stop_distance < 1:
             raise ValueError(f"stop_distance must be in [0, 1), got {self.stop_distance}")
+        if self.stall_steps < 0 or not 0 <= self.stall_tolerance < 1:
+            raise ValueError(f"need stall_steps >= 0 and stall_tolerance in [0, 1), got "
+                             f"{self.stall_steps}, {self.stall_tolerance}")
         if self.schedule == "adaptive" and self.step_size < self.step_min:
             raise ValueError(f"the adaptive schedule starts at step_size, which must be >= "
                              f"step_min, got {self.step_size} < {self.step_min}")
@@ -362,11 +370,18 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                    if stop_distances is None else stop_distances.to(device, torch.float32)[idx])
         step = torch.full((len(idx),), min(settings.step_size, settings.step_max), device=device)
         rows = idx.clone()  # each walking sample's row among the inputs
+        window = settings.stall_steps if adaptive else 0
+        history = torch.full((len(idx), window + 1), float("inf"), device=device)  # distance left
+
         eps = settings.adv_step_size
         for i in progress_bar(range(settings.iters), desc="LST", disable=not progress,
                               leave=False):
-            if adaptive:  # samples near their target or out of step size leave the batch
-                stop = (_distance_left(x, xt, span) <= stop_at) | (step < settings.step_min)
+            if adaptive:  # samples near their target, out of step size or stalled leave the batch
+                left = _distance_left(x, xt, span)
+                stop = (left <= stop_at) | (step < settings.step_min)
+                if window:  # history[:, k]: the distance left k steps ago
+                    history = torch.cat([left.view(-1, 1), history[:, :-1]], dim=1)
+                    stop |= history[:, -1] - left < settings.stall_tolerance * history[:, -1]
                 if stop.any():
                     final[rows[stop]], final_confs[rows[stop]] = x[stop], conf[stop]
                     _record_until_the_end(rows[stop].cpu(), i, settings.log_step, x[stop],
@@ -375,9 +390,9 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                                           confs_over_path, distance_over_path, images_over_path,
                                           widths)
                     walking = ~stop
-                    x, xt, yk, yt, p0, adv, probs, grad, conf, step, span, stop_at, rows = (
-                        t[walking] for t in (x, xt, yk, yt, p0, adv, probs, grad, conf, step,
-                                             span, stop_at, rows))
+                    (x, xt, yk, yt, p0, adv, probs, grad, conf, step, span, stop_at, history,
+                     rows) = (t[walking] for t in (x, xt, yk, yt, p0, adv, probs, grad, conf, step,
+                                                   span, stop_at, history, rows))
                     if len(rows) == 0:
                         break
             d_perp = orthogonal_step(grad, xt - x)

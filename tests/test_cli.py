@@ -258,7 +258,8 @@ def test_every_settings_field_reaches_the_settings_from_its_flag():
                           log_step=2, get_confs_over_path=True, get_images=True, get_widths=True,
                           width_distances=(0.5, 3.0), width_directions=9, seed=4,
                           precision="bf16", schedule="adaptive", step_grow=2.0, step_shrink=0.25,
-                          step_max=0.8, step_min=0.005, stop_distance=0.05, corrector=True)
+                          step_max=0.8, step_min=0.005, stop_distance=0.05, stall_steps=7,
+                          stall_tolerance=0.1, corrector=True)
     assert all(getattr(changed, f.name) != getattr(LSTSettings(), f.name) for f in fields(LSTSettings))
     argv = ["smallcnn-normal", "shapes", "--examples", "--step_size", "0.5", "--iters", "7",
             "--pthresh", "0.3", "--adv_pert", "--adv_step_size", "0.01", "--init_noise", "0.1",
@@ -266,7 +267,8 @@ def test_every_settings_field_reaches_the_settings_from_its_flag():
             "--width_distances", "0.5", "3", "--width_directions", "9", "--seed", "4",
             "--precision", "bf16", "--schedule", "adaptive", "--step_grow", "2",
             "--step_shrink", "0.25", "--step_max", "0.8", "--step_min", "0.005",
-            "--stop_distance", "0.05", "--corrector"]
+            "--stop_distance", "0.05", "--stall_steps", "7", "--stall_tolerance", "0.1",
+            "--corrector"]
     assert cli.lst_settings(cli.parse_args(argv)) == changed
 
 

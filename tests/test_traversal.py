@@ -374,3 +374,31 @@ def test_on_a_known_level_set_adaptive_needs_far_fewer_passes():
 def test_schedule_settings_refuse_values_that_mean_nothing(bad):
     with pytest.raises(ValueError):
         lst.LSTSettings(**bad)
+
+
+def test_a_walk_that_can_get_no_closer_stops_when_it_stalls():
+    """Two classes of a linear model: the gradient is always along u = w0 - w1, so the part of
+    x_t - x along u can never be walked. The distance left tends to that floor; the adaptive
+    walk stops once it gains less than stall_tolerance over stall_steps steps, near the floor
+    and long before its budget."""
+    g = torch.Generator().manual_seed(0)
+    dim = 3 * 8 * 8
+    weight = torch.randn(2, dim, generator=g) * 0.05
+    model = linear_classifier(weight, torch.zeros(2))
+    u = (weight[0] - weight[1]) / (weight[0] - weight[1]).norm()
+    sources = 0.5 + 0.1 * (torch.rand(4, 3, 8, 8, generator=g) - 0.5)
+    shift = 0.1 * (torch.rand(4, dim, generator=g) - 0.5)
+    shift -= (shift @ u).view(-1, 1) * u
+    targets = sources + (shift + 0.02 * u).view_as(sources)  # 0.02 along u: unreachable
+    labels = correctly_classified(model, sources)
+    floor = 0.02 / (shift + 0.02 * u).norm(dim=1)
+    res = lst.level_set_traversal(model, sources, labels, targets, iters=400, init_noise=0.0,
+                                  pthresh=0.5, step_size=0.01, schedule="adaptive",
+                                  stall_steps=20, stall_tolerance=0.02)
+    assert (res.passes < 200).all(), res.passes
+    assert (res.distance_left >= floor - 1e-4).all()
+    assert (res.distance_left <= floor * 1.05).all(), (res.distance_left, floor)
+    never = lst.level_set_traversal(model, sources, labels, targets, iters=400, init_noise=0.0,
+                                    pthresh=0.5, step_size=0.01, schedule="adaptive",
+                                    stall_steps=0)
+    assert (never.passes == 401).all()
