@@ -10,7 +10,7 @@ row says its n: sources and pairs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from tabulate import tabulate
 
 from .hull import DELTA_CURVE, HULL_DELTAS, SEGMENT_DELTAS, delta_curve
 from .results import ResultsError, load_results
+from .traversal import LSTSettings
 from .uncertainty import estimate
 
 ARCH_NAMES = {"resnet50": "ResNet-50", "deit_small_patch16_224": "DeiT-S", "wideresnet": "WRN-28-10",
@@ -79,12 +80,16 @@ def model_label(args: dict) -> str:
 
 def run_arguments(args: dict) -> dict:
     """The results-relevant arguments of a run, flat ('pthresh', 'seed', 'num_samples', ...):
-    from its run key, or from its flags for files written before run keys."""
+    from its run key (every LSTSettings field, the defaults where the key leaves one out, as
+    the fixed schedule does with the adaptive one's), or from its flags for files written
+    before run keys."""
     key = args.get("run_key")
     if key is None:
         return {k: v for k, v in args.items() if k not in ("desc", "out_dir", "device")}
     flat = {k: v for k, v in key.items() if k != "settings"}
-    flat.update(key.get("settings", {}))
+    settings = dict(asdict(LSTSettings()), width_distances=list(LSTSettings().width_distances))
+    settings.update(key.get("settings", {}))  # a setting a run key leaves out has its default
+    flat.update(settings)
     return flat
 
 

@@ -74,7 +74,8 @@ class LSTSettings:
     schedule: str = field(default="fixed", metadata={
         "help": "fixed: every step moves step_size of the way (the paper's); adaptive: a step "
                 "size per sample that grows after accepted steps and shrinks after rejected "
-                "ones, and a sample stops near its target (docs/design.md, 'The step schedule')",
+                "ones; a sample stops near its target, out of step size or stalled "
+                "(docs/design.md, 'The step schedule')",
         "choices": SCHEDULES})
     step_grow: float = field(default=1.5, metadata={
         "help": "adaptive: the step size's factor after an accepted step"})

@@ -288,6 +288,10 @@ def test_the_adaptive_schedule_is_another_run_with_its_passes_in_the_results(tmp
     assert np.all(adaptive["init_confs"] - adaptive["final_confs"] < 0.2)
     assert np.isfinite(adaptive["distance_left"]).all()
     assert np.median(adaptive["distance_left"]) < np.median(fixed["distance_left"])
+    assert print_tables.main([str(tmp_path)]) == 0  # rows named by what differs: the schedule
+    table = capsys.readouterr().out
+    assert "SmallCNN schedule=adaptive" in table and "SmallCNN schedule=fixed" in table
+    assert "step_grow" not in table
 
 
 def test_row_labels_name_only_what_differs():
