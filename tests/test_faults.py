@@ -6,6 +6,7 @@ printed, and the output folder's listing before and after.
 """
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -226,8 +227,11 @@ def test_ctrl_c_exits_130_in_one_line_and_the_same_command_resumes(tmp_path):
     env = {**ENV, "LST_TEST_SIGNAL": "INT", "LST_TEST_SIGNAL_AT": "100"}
     argv = [sys.executable, str(ROOT / "level_set_traversal.py"), *SIGNALLING, "--out_dir",
             str(tmp_path)]
+    # a shell that starts the tests in the background passes SIGINT on ignored, and Python then
+    # keeps ignoring it: the run under test gets the default disposition, as at a terminal
     interrupted = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT,
-                                 timeout=300)
+                                 timeout=300,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = error_line(interrupted, code=130, prefix="interrupted: ")
     parts = tmp_path / f"{stem_for(SIGNALLING)}_fulleval_parts"
     assert len(list(parts.glob("pairs_*.pkl"))) == 1 and "4 finished pairs are saved" in line
