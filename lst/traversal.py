@@ -373,7 +373,6 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         rows = idx.clone()  # each walking sample's row among the inputs
         window = settings.stall_steps if adaptive else 0
         history = torch.full((len(idx), window + 1), float("inf"), device=device)  # distance left
-
         eps = settings.adv_step_size
         for i in progress_bar(range(settings.iters), desc="LST", disable=not progress,
                               leave=False):
@@ -387,7 +386,7 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                     final[rows[stop]], final_confs[rows[stop]] = x[stop], conf[stop]
                     _record_until_the_end(rows[stop].cpu(), i, settings.log_step, x[stop],
                                           conf[stop], probs[stop].gather(1, yt[stop].view(-1, 1)),
-                                          _distance_left(x[stop], xt[stop], span[stop]),
+                                          left[stop],
                                           confs_over_path, distance_over_path, images_over_path,
                                           widths)
                     walking = ~stop
