@@ -121,10 +121,9 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     target_files (the K example images' file names),
     blind_spots (K,K,C,H,W) [source s, target t], the diagonal holding the originals;
     init_confs (K,), final_confs / kept / l2 / linf / ssim / lpips / passes / distance_left
-    (K,K); limbs (K,K,P) and
-    straight (K,K,P): source-class confidence along source->blind spot and source->target;
-    hull_pairs (M,2) target pairs, hull_confs (K,M,66), and the path recordings asked for,
-    shaped (K,K,...). With transfer_models (name -> model of the same dataset):
+    (K,K); limbs (K,K,P) and straight (K,K,P): source-class confidence along source->blind
+    spot and source->target; hull_pairs (M,2) target pairs, hull_confs (K,M,66), and the path
+    recordings asked for, shaped (K,K,...). With transfer_models (name -> model of the same dataset):
     transfer_models (names) and the `lst.transfer.judge_pairs` arrays, (K,K,J) with
     J = 1 + len(transfer_models), judge 0 the model itself; NaN (pred -1) on the diagonal.
     """
@@ -277,8 +276,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     Returns (results, all_confs) on rank 0 and (None, None) elsewhere. results (N sources, R
     rounds): source_indices (N,), labels (N,), target_indices / target_labels (N,R), init_confs
     (N,R) (p0 of the source, per pair), final_confs, kept, accept_rate, passes, distance_left,
-    l2, linf, ssim, lpips (N,R), float32_violations (a float, see `float32_violations`), path recordings (N,R,...)
-    when asked, and with get_final_imgs final_images
+    l2, linf, ssim, lpips (N,R), float32_violations (a float, see `float32_violations`), path
+    recordings (N,R,...) when asked, and with get_final_imgs final_images
     (N,R,C,H,W) uint8, hull_stats (dict of (N,) arrays, Table 2) and segment_stats (dict of
     (N,) arrays, Table 2b: limbs and chords kept); with transfer_models (name -> model of the
     same dataset) transfer_models (names) and the `lst.transfer.judge_pairs` arrays, (N,R,J),

@@ -10,7 +10,7 @@ row says its n: sources and pairs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +87,7 @@ def run_arguments(args: dict) -> dict:
     if key is None:
         return {k: v for k, v in args.items() if k not in ("desc", "out_dir", "device")}
     flat = {k: v for k, v in key.items() if k != "settings"}
-    settings = dict(asdict(LSTSettings()), width_distances=list(LSTSettings().width_distances))
+    settings = LSTSettings().as_dict(complete=True)
     settings.update(key.get("settings", {}))  # a setting a run key leaves out has its default
     flat.update(settings)
     return flat

@@ -118,7 +118,8 @@ class LSTSettings:
         if self.iters < 0:
             raise ValueError(f"iters must be >= 0, got {self.iters}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, "
+                             f"got {self.schedule!r}")
         if not (math.isfinite(self.step_grow) and self.step_grow >= 1):
             raise ValueError(f"step_grow must be >= 1, got {self.step_grow}")
         if not 0 < self.step_shrink < 1:
@@ -142,12 +143,13 @@ class LSTSettings:
             raise ValueError(f"width_distances must be positive finite numbers, got "
                              f"{list(self.width_distances)}")
 
-    def as_dict(self) -> dict:
+    def as_dict(self, complete: bool = False) -> dict:
         """The settings as plain values (width_distances a list), for results files and run
-        keys. The fixed schedule leaves out the schedule's fields, so runs of the paper's
-        algorithm keep the run ids they had before the adaptive schedule existed."""
+        keys. The fixed schedule leaves out the schedule's fields (unless `complete`), so runs
+        of the paper's algorithm keep the run ids they had before the adaptive schedule
+        existed."""
         values = dict(asdict(self), width_distances=list(self.width_distances))
-        if self.schedule == "fixed":
+        if self.schedule == "fixed" and not complete:
             for name in ("schedule", *ADAPTIVE_FIELDS):
                 values.pop(name)
         return values
@@ -366,7 +368,7 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         probs, grad = _confidence_and_grad(model, x, yk, precision)
         conf = probs.gather(1, yk.view(-1, 1)).squeeze(1)
         passes[idx] = 1
-        span = (xt - xs).flatten(1).norm(dim=1)  # the source-target distance
+        span = spans = (xt - xs).flatten(1).norm(dim=1)  # source-target distances (spans: all)
         stop_at = (torch.full((len(idx),), settings.stop_distance, device=device)
                    if stop_distances is None else stop_distances.to(device, torch.float32)[idx])
         step = torch.full((len(idx),), min(settings.step_size, settings.step_max), device=device)
@@ -434,8 +436,7 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                 step = torch.where(accept, (step * settings.step_grow).clamp(max=settings.step_max),
                                    step * settings.step_shrink)
         final[rows], final_confs[rows] = x.detach(), conf
-        distance_left[idx] = _distance_left(final[idx], x_tgt[idx], (x_tgt[idx] - x_src[idx])
-                                            .flatten(1).norm(dim=1))
+        distance_left[idx] = _distance_left(final[idx], x_tgt[idx], spans)
         if precision != "fp32":  # the blind spots' confidences in float32, whatever the walk used
             final_confs[idx] = class_confidence_of(model, final[idx], y[idx])
     return LSTResult(
