@@ -56,8 +56,8 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         elif isinstance(default, bool):
             group.add_argument(f"--{f.name}", action="store_true", help=help_text)
         elif isinstance(default, tuple):
-            group.add_argument(f"--{f.name}", type=type(default[0]), nargs="+",
-                               default=list(default), help=help_text)
+            group.add_argument(f"--{f.name}", type=f.metadata.get("item_type") or type(default[0]),
+                               nargs="+", default=list(default), help=help_text)
         else:
             group.add_argument(f"--{f.name}", type=type(default), default=default, help=help_text,
                                choices=f.metadata.get("choices"))
@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_samples", type=int, default=1000, help="full_eval sources")
     p.add_argument("--rounds", type=int, default=5, help="full_eval targets per source")
     p.add_argument("--get_final_imgs", action="store_true", help="full_eval: images and Table 2")
+    p.add_argument("--restarts", type=int, default=1, metavar="K",
+                   help="K walks per (source, target), each from its own initial noise (walk 0 "
+                        "is the one a run without restarts does, and fills Tables 1-3); Table 4 "
+                        "of print_tables.py compares them (with --diversity: pushed apart)")
     p.add_argument("--target_classes", nargs="+", default=None, metavar="CLASS",
                    help="examples classes, by index or name (default: the dataset's, 99 199 299 "
                         "400 499 on ImageNet, 0-4 on 10-class sets, a folder's first 5)")
@@ -182,7 +186,7 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
     fill in the dataset's default classes. Returns the LST settings of the flags."""
     root = data_root(args)
     info = check_root(args.dataset, root)  # a folder's classes: its folders, or classes.txt
-    for name in ("iters", "batch_size", "num_samples", "rounds"):  # the settings check the rest
+    for name in ("iters", "batch_size", "num_samples", "rounds", "restarts"):  # the settings check the rest
         if getattr(args, name) <= 0:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
     if not (math.isfinite(args.adv_step_size) and args.adv_step_size > 0):  # even unused
@@ -191,6 +195,8 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
         settings = lst_settings(args)
     except ValueError as err:  # its message starts with the field's name, the flag's name
         raise DataError(f"--{err}") from None
+    if settings.diversity > 0 and args.restarts < 2:
+        raise DataError("--diversity pushes the restarts of a pair apart: it needs --restarts >= 2")
     if args.full_eval and args.rounds < 2 and args.get_final_imgs:
         raise DataError("--get_final_imgs needs --rounds >= 2 (triangles need two blind spots)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -237,6 +243,8 @@ def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
     sizes = ({"classes": args.target_classes} if args.examples else
              {"num_samples": args.num_samples, "rounds": args.rounds,
               "get_final_imgs": args.get_final_imgs})
+    if args.restarts > 1:
+        sizes["restarts"] = args.restarts
     if model_kind(args.model) != "name":
         sizes["model_file"] = model_file_digest(args.model)
     preprocessing = {n: getattr(args, n) for n in ("mean", "std", "image_size")
@@ -368,7 +376,7 @@ def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
                                    out_dir=store.out_dir,
                                    dataset_name=prefix,
                                    batch_size=args.batch_size, transfer_models=transfer_models,
-                                   store=store, flags=results_flags(args))
+                                   store=store, flags=results_flags(args), restarts=args.restarts)
             figures = plot_examples(results, [names[c] for c in results["classes"]],
                                     store.out_dir, store.stem, settings.width_distances)
     except KeyboardInterrupt:
@@ -411,7 +419,8 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
             results, all_confs = run_full_eval(
                 model, dataset, settings, num_samples=args.num_samples, rounds=args.rounds,
                 batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, store=store,
-                rank=rank, transfer_models=transfer_models, flags=results_flags(args))
+                rank=rank, transfer_models=transfer_models, flags=results_flags(args),
+                restarts=args.restarts)
             if not rank.is_main:
                 return None
             written = [store.path("fulleval_dict")] + ([] if all_confs is None

@@ -1,18 +1,21 @@
-"""Print Tables 1, 2, 2b and 3 from results files; draw the delta curve; write an HTML report.
+"""Print Tables 1-4 from results files; draw the delta curve; write an HTML report.
 
     python print_tables.py                                     # the default output folder
     python print_tables.py plots_and_figures/                  # every results file in the folder
     python print_tables.py plots_and_figures/ --format csv > tables.csv   # or json: numbers
     python print_tables.py 'runs/*.pkl' --format latex --ci    # 95% intervals over sources
     python print_tables.py plots_and_figures/ --plot delta.png # the delta curve of full_evals
+                                                 # (and delta_matched.png: chords kept against f)
     python print_tables.py plots_and_figures/ --html           # also plots_and_figures/report.html
 
 full_eval files give Table 1 (over kept pairs), Table 2 (triangles, over sources) and Table 2b
-(limbs and chords; both from files written with --get_final_imgs); examples files give Table 1
-over their example pairs; files of runs with --transfer_models give Table 3 (blind spots of A
-judged by B). Cells are mean ± std, or with --ci the mean and its 95% bootstrap interval over
+(limbs and chords; both from files written with --get_final_imgs) and, with
+--matched_fractions, Table 2c (limbs, chords and triangles at matched progress); examples files
+give Table 1 over their example pairs; files of runs with --transfer_models give Table 3 (blind
+spots of A judged by B), and runs with --restarts Table 4 (K blind spots per pair). Cells are mean ± std, or with --ci the mean and its 95% bootstrap interval over
 sources (2,000 resamples of sources, seeded). The companion _all_confs.pkl files give the delta
-curve of --plot. Every table has n (sources, pairs), and rows are labelled by the model and by
+curve of --plot OUT.png; full_evals with Table 2c give OUT_matched.png, chords kept within 0.05
+against f. Every table has n (sources, pairs), and rows are labelled by the model and by
 every argument that differs between the runs shown (e.g. "pthresh=0.5"). --format csv or json
 prints one record per run and table with every column as numbers (mean, std and, with --ci,
 low and high), for pandas and spreadsheets. A file that is not a results file of this tool
@@ -29,10 +32,11 @@ import sys
 from pathlib import Path
 
 from lst.hull import DELTA_CURVE
-from lst.plots import plot_delta_curves
+from lst.plots import plot_delta_curves, plot_matched_curves
 from lst.report import write_report
 from lst.results import ResultsError
-from lst.tables import FORMATS, delta_curves, format_tables, load_run, table_records
+from lst.tables import (FORMATS, delta_curves, format_tables, load_run, matched_curves,
+                        table_records)
 
 DEFAULT_FOLDER = "plots_and_figures"  # level_set_traversal.py's default --out_dir
 RECORD_FORMATS = ("csv", "json")
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ci", action="store_true",
                    help="95%% bootstrap intervals over sources instead of ± std")
     p.add_argument("--plot", metavar="OUT.png", default=None,
-                   help="also draw the delta curve of the full_eval runs (their _all_confs.pkl)")
+                   help="also draw the delta curve of the full_eval runs (their _all_confs.pkl) "
+                        "and, for runs with Table 2c, OUT_matched.png: chords kept against f")
     p.add_argument("--html", action="store_true",
                    help="also write FOLDER/report.html (one folder argument): every run with its "
                         "arguments, tables and figures")
@@ -99,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(format_tables(runs, args.format, ci=args.ci))
         if args.plot:
-            curves = delta_curves(runs)
-            if not curves:
+            plot = Path(args.plot)
+            curves, matched = delta_curves(runs), matched_curves(runs)
+            if not curves and not matched:
                 raise ResultsError("--plot draws the delta curve from _all_confs.pkl files "
-                                   "(full_eval --get_final_imgs); none among these files")
-            print(f"wrote {plot_delta_curves(curves, DELTA_CURVE, Path(args.plot))}")
+                                   "(full_eval --get_final_imgs) and chords kept against f from "
+                                   "full_evals with --matched_fractions; none among these files")
+            if curves:
+                print(f"wrote {plot_delta_curves(curves, DELTA_CURVE, plot)}")
+            if matched:
+                matched_path = plot.with_name(f"{plot.stem}_matched{plot.suffix}")
+                print(f"wrote {plot_matched_curves(matched, matched_path)}")
         if args.html:
             print(f"wrote {write_report(args.files[0], runs)}")
     except ResultsError as err:

@@ -23,10 +23,11 @@ from .batching import chunks
 from .confidence import in_eval_mode, model_device
 from .data import dataset_labels, read_image, stack_items
 from .distributed import Rank, barrier, broadcast
-from .hull import (SEGMENT_POINTS, aggregate_pairs, hull_stats, limbs_and_chords,
+from .hull import (SEGMENT_POINTS, aggregate_pairs, hull_stats, kept_stats, limbs_and_chords,
                    segment_confidences, segment_stats, source_hull_confidences, triangle_grid)
 from .metrics import image_distances
 from .progress import progress_bar
+from .restarts import RESTART_FIELDS, restart_geometry
 from .results import atomic_write
 from .identity import file_digest, provenance, results_args, weights_fingerprint
 from .runstore import ResumeError, RunStore
@@ -40,22 +41,51 @@ log = logging.getLogger(__name__)
 def traverse_in_batches(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
                         targets: torch.Tensor, target_labels: torch.Tensor,
                         sample_ids: Sequence[int], settings: LSTSettings, batch_size: int,
-                        desc: str = "LST", progress: bool = True) -> dict[str, np.ndarray]:
-    """LST over N pairs in batches; returns the LSTResult fields (numpy) plus the distances."""
+                        desc: str = "LST", progress: bool = True,
+                        restarts: int = 1) -> dict[str, np.ndarray]:
+    """LST over N pairs in batches; returns the LSTResult fields (numpy) plus the distances.
+
+    With restarts K > 1 every pair is walked K times (restart r from its own noise, the K walks
+    of a pair in one batch of at most batch_size walks, pushed apart by settings.diversity):
+    the LSTResult fields are those of restart 0, and restart_final_images (N,K,C,H,W) and
+    restart_{field} (N,K) for the fields of `lst.restarts.RESTART_FIELDS` hold all K.
+    """
     parts = []
     device = model_device(model)
-    with progress_bar(list(chunks(len(sources), batch_size)), desc=desc, leave=False,
-              disable=not progress) as batches:
+    sample_ids = np.asarray(sample_ids)
+    with progress_bar(list(chunks(len(sources), max(1, batch_size // restarts))), desc=desc,
+                      leave=False, disable=not progress) as batches:
         for part in batches:
-            res = level_set_traversal(model, sources[part], labels[part], targets[part], settings,
-                                      target_labels=target_labels[part],
-                                      sample_ids=list(sample_ids[part]))
+            def walks(t):  # each pair K times in a row
+                return t[part].repeat_interleave(restarts, dim=0)
+
+            res = level_set_traversal(
+                model, walks(sources), walks(labels), walks(targets), settings,
+                target_labels=walks(target_labels),
+                sample_ids=np.repeat(sample_ids[part], restarts).tolist(),
+                restarts=list(range(restarts)) * len(sample_ids[part]) if restarts > 1 else None,
+                groups=torch.arange(len(sample_ids[part])).repeat_interleave(restarts))
             out = res.numpy()
-            out.update(image_distances(res.final_images.to(device), targets[part].to(device)))
+            out.update(image_distances(res.final_images.to(device), walks(targets).to(device)))
+            if restarts > 1:
+                out = _split_restarts(out, restarts)
             parts.append(out)
     return {k: (None if parts[0][k] is None else
                 parts[0][k] if k == "log_iters" else np.concatenate([p[k] for p in parts]))
             for k in parts[0]}
+
+
+def _split_restarts(out: dict, restarts: int) -> dict:
+    """One batch's walks (pair-major, K per pair) as restart 0's fields plus the restart_*
+    arrays (P,K,...) of `traverse_in_batches`."""
+    def per_pair(value: np.ndarray) -> np.ndarray:
+        return value.reshape(-1, restarts, *value.shape[1:])
+
+    main = {k: (v if v is None or k == "log_iters" else per_pair(v)[:, 0]) for k, v in out.items()}
+    main["restart_final_images"] = per_pair(out["final_images"])
+    for name in RESTART_FIELDS:
+        main[f"restart_{name}"] = per_pair(out[name])
+    return main
 
 
 def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], out_dir: Path,
@@ -107,7 +137,8 @@ def example_image_digests(out_dir: str | Path, dataset_name: str, classes: Seque
 def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], settings: LSTSettings,
                  *, out_dir: str | Path, dataset_name: str, batch_size: int = 64,
                  hull_chunk: int = 512, transfer_models: Mapping[str, nn.Module] | None = None,
-                 store: RunStore | None = None, flags: dict | None = None) -> dict:
+                 store: RunStore | None = None, flags: dict | None = None,
+                 restarts: int = 1) -> dict:
     """All-pairs LST between one image per class and everything the figures need.
 
     model: on [0,1] images (N,C,H,W) -> logits, on its device; dataset: items ((C,H,W) float in
@@ -126,6 +157,10 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     recordings asked for, shaped (K,K,...). With transfer_models (name -> model of the same dataset):
     transfer_models (names) and the `lst.transfer.judge_pairs` arrays, (K,K,J) with
     J = 1 + len(transfer_models), judge 0 the model itself; NaN (pred -1) on the diagonal.
+    With settings.matched_fractions: matched_iters, matched_confs (K,K,F) and matched_images
+    (K,K,F,C,H,W) (`LSTResult`). With restarts R > 1 (walks per pair, `traverse_in_batches`):
+    restart_blind_spots (K,K,R,C,H,W), restart_{field} (K,K,R) and the `restart_geometry`
+    arrays restart_spread (K,K) and restart_chord_confs (K,K,M',21).
     """
     origin = provenance()
     images, labels, target_files = example_targets(model, dataset, classes, Path(out_dir),
@@ -138,7 +173,8 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     src = torch.tensor([s for s, _ in pairs])
     tgt = torch.tensor([t for _, t in pairs])
     run = traverse_in_batches(model, images[src], labels[src], images[tgt], labels[tgt],
-                              (src * k + tgt).tolist(), settings, batch_size, desc="LST pairs")
+                              (src * k + tgt).tolist(), settings, batch_size, desc="LST pairs",
+                              restarts=restarts)
     missed = sorted({classes[s] for s, kept in zip(src.tolist(), run["kept"]) if not kept})
     if missed:
         log.warning("this model misclassifies the saved %s image(s) of class(es) %s (picked by "
@@ -167,12 +203,27 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
         results[key] = square(run[key], np.nan)
     results["passes"] = square(run["passes"], 0)
     results["distance_left"] = square(run["distance_left"], 0.0)
-    for key in ("confs_over_path", "distance_over_path", "images_over_path", "widths"):
+    for key in ("confs_over_path", "distance_over_path", "images_over_path", "widths",
+                "matched_images"):
         if run[key] is not None:
             results[key] = square(run[key], 0)
+    if run["matched_iters"] is not None:
+        results["matched_iters"] = square(run["matched_iters"], -1)
+        results["matched_confs"] = square(run["matched_confs"], np.nan)
+    if restarts > 1:
+        spots = run["restart_final_images"]
+        results["restart_blind_spots"] = square(spots, lambda s: images[s].numpy()[None])
+        for name in RESTART_FIELDS:
+            results[f"restart_{name}"] = square(run[f"restart_{name}"],
+                                                0 if name == "passes" else np.nan)
+        geometry = restart_geometry(model, images[src], labels[src], images[tgt],
+                                    torch.from_numpy(spots), hull_chunk, settings.precision)
+        for key, value in geometry.items():
+            results[key] = square(value, np.nan)
     if transfer_models:
         judged = judge_pairs(judges_of(model, transfer_models), blind, images[tgt], labels[src],
-                             labels[tgt])
+                             labels[tgt], sources=images[src],
+                             progress=torch.from_numpy(1 - run["distance_left"]))
         results["transfer_models"] = list(transfer_models)
         for key, value in judged.items():
             results[key] = square(value, -1 if key.endswith("pred") else np.nan)
@@ -257,7 +308,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
                   hull_chunk: int = 512, store: RunStore | None = None,
                   run_key: dict | None = None, rank: Rank = Rank(),
                   transfer_models: Mapping[str, nn.Module] | None = None,
-                  flags: dict | None = None) -> tuple[dict | None, dict | None]:
+                  flags: dict | None = None, restarts: int = 1
+                  ) -> tuple[dict | None, dict | None]:
     """LST from `num_samples` sources to `rounds` targets each, resumable and sharded.
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
@@ -281,8 +333,14 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     (N,R,C,H,W) uint8, hull_stats (dict of (N,) arrays, Table 2) and segment_stats (dict of
     (N,) arrays, Table 2b: limbs and chords kept); with transfer_models (name -> model of the
     same dataset) transfer_models (names) and the `lst.transfer.judge_pairs` arrays, (N,R,J),
-    J = 1 + len(transfer_models), judge 0 the model itself; seconds: the time of this call's
-    parts (traversal, transfer, triangles, limbs_chords). all_confs (with get_final_imgs, else
+    J = 1 + len(transfer_models), judge 0 the model itself. With settings.matched_fractions
+    (F of them): matched_iters and matched_confs (N,R,F) and, with get_final_imgs,
+    matched_images (N,R,F,C,H,W) uint8 and matched_stats (`_matched_stats`: per fraction and
+    "final", dicts of (N,) arrays). With restarts K > 1 (walks per pair, `traverse_in_batches`):
+    restart_{field} (N,R,K), restart_spread (N,R) and restart_chord_confs (N,R,M',21)
+    (`lst.restarts.restart_geometry`) and, with get_final_imgs, restart_final_images
+    (N,R,K,C,H,W) uint8. seconds: the time of this call's parts (traversal, restarts,
+    transfer, triangles, limbs_chords, matched). all_confs (with get_final_imgs, else
     None): hull_pairs (M,2) round pairs, hull_confs (N,M,66), limb_confs (N,R,21) and
     chord_confs (N,M,21), float32.
     """
@@ -305,7 +363,7 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     mine = todo[todo % rank.world_size == rank.rank]
     in_memory = []
     judges = judges_of(model, transfer_models) if transfer_models else None
-    seconds = {"traversal": 0.0, "transfer": 0.0}
+    seconds = {"traversal": 0.0, "restarts": 0.0, "transfer": 0.0}
     source_of, round_of = mine // rounds, mine % rounds
     with progress_bar(total=n_pairs, initial=int(done.sum()), desc="full eval (pairs)",
               disable=not rank.is_main, smoothing=0.05) as bar:
@@ -316,17 +374,28 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
                                                  pool[targets[source_of[part], round_of[part]]])
             clock = time.time()
             run = traverse_in_batches(model, src_images, src_labels, tgt_images, tgt_labels,
-                                      ids.tolist(), settings, batch_size, progress=False)
+                                      ids.tolist(), settings, batch_size, progress=False,
+                                      restarts=restarts)
             seconds["traversal"] += time.time() - clock
+            if restarts > 1:
+                clock = time.time()
+                run.update(restart_geometry(model, src_images, src_labels, tgt_images,
+                                            torch.from_numpy(run["restart_final_images"]),
+                                            hull_chunk, settings.precision))
+                seconds["restarts"] += time.time() - clock
             if judges is not None:
                 clock = time.time()
                 run.update(judge_pairs(judges, torch.from_numpy(run["final_images"]), tgt_images,
-                                       src_labels, tgt_labels))
+                                       src_labels, tgt_labels, sources=src_images,
+                                       progress=torch.from_numpy(1 - run["distance_left"])))
                 seconds["transfer"] += time.time() - clock
-            if get_final_imgs:  # 8-bit, as the results hold them (147 KB a pair at 224x224)
-                run["final_images"] = to_uint8(run["final_images"])
-            else:
-                run.pop("final_images")
+            for key in ("final_images", "matched_images", "restart_final_images"):
+                if key not in run or run[key] is None:
+                    continue
+                if get_final_imgs:  # 8-bit, as the results hold them (147 KB at 224x224)
+                    run[key] = to_uint8(run[key])
+                else:
+                    run.pop(key)
             run["pair_ids"] = ids
             if store is not None:
                 store.save_part(run_key, run)
@@ -352,6 +421,10 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
         results["final_images"] = blind = blind.reshape(n, rounds, *blind.shape[1:])
         results["hull_stats"], results["segment_stats"], all_confs = _full_eval_hulls(
             model, dataset, pool, blind, hull_chunk, settings.precision, seconds)
+        if settings.matched_fractions:
+            results["matched_stats"] = _matched_stats(
+                model, dataset, pool, results["matched_images"], results["matched_iters"],
+                settings.matched_fractions, all_confs, hull_chunk, settings.precision, seconds)
     results["float32_violations"] = float32_violations(results["init_confs"],
                                                        results["final_confs"], results["kept"],
                                                        settings.pthresh)
@@ -427,3 +500,50 @@ def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind
     return stats, segment_stats(limbs.numpy(), chords.numpy()), {
         "hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy(),
         "limb_confs": limbs.numpy(), "chord_confs": chords.numpy()}
+
+
+def _matched_stats(model: nn.Module, dataset: Dataset, pool: np.ndarray, matched: np.ndarray,
+                   matched_iters: np.ndarray, fractions: Sequence[float], all_confs: dict,
+                   hull_chunk: int, precision: str, seconds: dict) -> dict[str, dict]:
+    """Geometry at matched progress (docs/design.md, "Geometry at matched progress"): for each
+    fraction f, each source's limbs (source -> a(f)), chords (a(f) -> b(f)) and triangles
+    (source, a(f), b(f)) between the first iterates of its walks at f (matched: (N,R,F,C,H,W)
+    uint8, matched_iters (N,R,F), -1 where a walk never got that far), and the same for the
+    blind spots themselves ("final", from all_confs).
+
+    Returns {"0.25": stats, ..., "final": stats}, stats a dict of (N,) float64 arrays: reached
+    (fraction of the source's walks that reached f) and the `lst.hull.kept_stats` of the walks
+    that did (NaN for a source with fewer than two). Adds the time to seconds["matched"].
+    """
+    n, rounds = matched_iters.shape[:2]
+    out = {}
+    clock = time.time()
+    for f, fraction in enumerate(fractions):
+        rows = []
+        for i in progress_bar(range(n), desc=f"matched f={fraction:g}", leave=False):
+            reached = np.flatnonzero(matched_iters[i, :, f] >= 0)
+            row = {"reached": len(reached) / rounds}
+            if len(reached) >= 2:
+                image, label = dataset[int(pool[i])]
+                spots = torch.from_numpy(np.asarray(matched[i, reached, f])).float() / 255
+                pairs = list(combinations(range(len(reached)), 2))
+                triangles = source_hull_confidences(model, image, label, spots, pairs,
+                                                    chunk_size=hull_chunk, precision=precision)
+                limbs, chords = limbs_and_chords(model, image, label, spots, pairs, triangles,
+                                                 hull_chunk, precision)
+                row.update(kept_stats(limbs.numpy(), chords.numpy(), triangles.numpy()))
+            rows.append(row)
+        out[f"{fraction:g}"] = _columns(rows)
+    out["final"] = _columns([{"reached": 1.0, **kept_stats(all_confs["limb_confs"][i],
+                                                           all_confs["chord_confs"][i],
+                                                           all_confs["hull_confs"][i])}
+                             for i in range(n)])
+    seconds["matched"] = time.time() - clock
+    return out
+
+
+def _columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Per-source dicts (some with fewer keys) as one (N,) float64 array per key, NaN where a
+    source has no value."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return {k: np.array([row.get(k, np.nan) for row in rows], dtype=np.float64) for k in keys}

@@ -251,3 +251,18 @@ def delta_curve(hull_confs: np.ndarray, deltas: Sequence[float] = DELTA_CURVE) -
         above = ((confs > p_src - d) & valid[:, :, None]).sum(axis=(1, 2))
         out[:, k] = np.where(counts > 0, above / np.maximum(counts, 1), np.nan)
     return out
+
+
+def kept_stats(limbs: np.ndarray, chords: np.ndarray, triangles: np.ndarray,
+               deltas: Sequence[float] = SEGMENT_DELTAS) -> dict[str, float]:
+    """One source's limbs (R,P), chords (M,P) and triangles (M,66) (`triangle_grid` order),
+    source-class confidences, point 0 of a limb and of a triangle being the source (p_src):
+    limbs_kept_{d} and chords_kept_{d} as `segment_stats`, and triangles_kept_{d}, the fraction
+    of triangles whose minimum over the grid stays above p_src - d (strictly)."""
+    limbs = np.asarray(limbs, dtype=np.float64)
+    stats = {k: float(v[0]) for k, v in segment_stats(limbs[None], np.asarray(chords)[None],
+                                                      deltas).items()}
+    p_src = limbs[0, 0]
+    for d in deltas:
+        stats[f"triangles_kept_{d:g}"] = float((np.asarray(triangles).min(axis=1) > p_src - d).mean())
+    return stats

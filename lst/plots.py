@@ -295,6 +295,28 @@ def plot_delta_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, np.nda
     return _save(fig, path)
 
 
+def plot_matched_curves(curves: Sequence[tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray]],
+                        path: Path, what: str = r"chords kept ($\delta$ = 0.05)") -> Path:
+    """Geometry at matched progress: a Table 2c column (default: chords kept within 0.05)
+    against the fraction f of the way to the target, "final" (the blind spots) last, one line
+    per run (label, fractions, mean, low, high) with its 95% band over sources."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, fractions, mean, low, high in curves:
+        x = np.arange(len(fractions))
+        line, = ax.plot(x, mean, marker="o", linewidth=1.8, label=textwrap.fill(label, 45))
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
+    longest = max((c[1] for c in curves), key=len)
+    ax.set_xticks(np.arange(len(longest)), [f if f == "final" else f"f = {f}" for f in longest])
+    ax.set_xlabel("progress towards the target, 1 - |x - x_t| / |x_s - x_t|")
+    ax.set_ylabel(what)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Convexity at matched progress (mean over sources, 95% bootstrap band)",
+                 fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_examples(results: dict, class_names: Sequence[str], out_dir: Path, stem: str,
                   width_distances: Sequence[float] = ()) -> list[Path]:
     """Every figure the examples results allow; returns the paths written."""

@@ -1,8 +1,8 @@
-"""Tables 1, 2, 2b and 3 and the delta curve from results files, and the labels that tell runs
-apart.
+"""Tables 1, 2, 2b, 2c, 3 and 4 and the delta curve from results files, and the labels that
+tell runs apart.
 
-A `Run` is one results file of this tool: a full_eval (`..._fulleval_dict.pkl`, Tables 1, 2, 2b
-and 3), an examples run (`..._examples_dict.pkl`, Table 1 over its example pairs, Table 3), or a
+A `Run` is one results file of this tool: a full_eval (`..._fulleval_dict.pkl`, Tables 1, 2, 2b,
+2c (geometry at matched progress), 3 and 4 (restarts)), an examples run (`..._examples_dict.pkl`, Table 1 over its example pairs, Table 3), or a
 full_eval's companion (`..._all_confs.pkl`, triangle confidences: the delta curve; no row of its
 own). Every cell is a mean with ± std or its 95% bootstrap interval over sources, and every
 row says its n: sources and pairs.
@@ -17,6 +17,7 @@ import numpy as np
 from tabulate import tabulate
 
 from .hull import DELTA_CURVE, HULL_DELTAS, SEGMENT_DELTAS, delta_curve
+from .restarts import restart_stats
 from .results import ResultsError, load_results
 from .traversal import LSTSettings
 from .uncertainty import estimate
@@ -33,7 +34,17 @@ TABLE2 = ([("p_src", "p_src"), ("mean conf.", "mean")]
           + [("edge mean", "edge_mean"), ("edge min (p-p_src)", "edge_min")])
 TABLE2B = [(f"{kind} kept d={d:g}", f"{kind}_kept_{d:g}") for d in SEGMENT_DELTAS
            for kind in ("limbs", "chords")]
+TABLE2C = [("reached f", "reached")] + [
+    (f"{kind} kept d={d:g}", f"{kind}_kept_{d:g}") for d in SEGMENT_DELTAS
+    for kind in ("limbs", "chords", "triangles")]
 TABLE3 = ["as source", "as target", "as other", "B's p(source)"]
+TABLE3_IMAGES = (("blind spots", "transfer_"), ("raw targets", "transfer_baseline_"),
+                 ("straight line at f", "transfer_line_"))
+TABLE4 = ([("spread |a-b|/|xs-xt|", "spread")]
+          + [(f"chords kept d={d:g}", f"chords_kept_{d:g}") for d in SEGMENT_DELTAS]
+          + [("distance left", "distance_left"), ("std final conf.", "final_confs_std"),
+             ("std L2", "l2_std"), ("std SSIM", "ssim_std"),
+             ("std dist. left", "distance_left_std")])
 SUFFIXES = {"full_eval": "_fulleval_dict.pkl", "examples": "_examples_dict.pkl",
             "all_confs": "_all_confs.pkl"}
 
@@ -87,6 +98,7 @@ def run_arguments(args: dict) -> dict:
     if key is None:
         return {k: v for k, v in args.items() if k not in ("desc", "out_dir", "device")}
     flat = {k: v for k, v in key.items() if k != "settings"}
+    flat.setdefault("restarts", 1)  # a run key leaves out restarts = 1
     settings = LSTSettings().as_dict(complete=True)
     settings.update(key.get("settings", {}))  # a setting a run key leaves out has its default
     flat.update(settings)
@@ -154,19 +166,23 @@ HEADS = {"1": ["model", "dataset", "sources", "pairs"],
          "examples": ["model", "dataset", "sources", "pairs"],
          "2": ["model", "dataset", "sources", "pairs"],
          "2b": ["model", "dataset", "sources", "pairs"],
-         "3": ["blind spots of A", "run", "judged by B", "images", "sources", "pairs"]}
+         "2c": ["model", "dataset", "f", "sources"],
+         "3": ["blind spots of A", "run", "judged by B", "images", "sources", "pairs"],
+         "4": ["model", "run", "restarts", "sources", "pairs"]}
 COLUMNS = {"1": [h for h, _ in TABLE1], "examples": [h for h, _ in TABLE1],
-           "2": [h for h, _ in TABLE2], "2b": [h for h, _ in TABLE2B], "3": TABLE3}
+           "2": [h for h, _ in TABLE2], "2b": [h for h, _ in TABLE2B],
+           "2c": [h for h, _ in TABLE2C], "3": TABLE3, "4": [h for h, _ in TABLE4]}
 
 
 def table_cells(runs: list[Run], ci: bool = False) -> dict[str, list[tuple[list, list]]]:
     """Every table these runs allow, by table: "1" (full_eval), "2" (triangles), "2b" (limbs
-    and chords), "3" (transfer), "examples" (Table 1 over example pairs). Each row is
-    (head, estimates): head as HEADS[table] (Tables 2 and 2b: pairs = triangles, chords),
-    estimates (`lst.uncertainty.Estimate`, with the 95% interval over sources when ci) in
-    COLUMNS[table] order. all_confs runs give no row."""
+    and chords), "2c" (limbs, chords and triangles at matched progress, a row per fraction),
+    "3" (transfer), "4" (restarts), "examples" (Table 1 over example pairs). Each row is
+    (head, estimates): head as HEADS[table] (Tables 2 and 2b: pairs = triangles, chords; 2c:
+    sources with two walks at f), estimates (`lst.uncertainty.Estimate`, with the 95% interval
+    over sources when ci) in COLUMNS[table] order. all_confs runs give no row."""
     shown = [r for r in runs if r.kind in ("full_eval", "examples")]
-    rows = {"1": [], "2": [], "2b": [], "3": [], "examples": []}
+    rows = {"1": [], "2": [], "2b": [], "2c": [], "3": [], "4": [], "examples": []}
     for label, run in zip(labels(shown), shown):
         res = run.results
         use, sources = _pair_columns(run)
@@ -176,6 +192,15 @@ def table_cells(runs: list[Run], ci: bool = False) -> dict[str, list[tuple[list,
         rows["1" if run.kind == "full_eval" else "examples"].append(
             ([label, run.args["dataset"], n.sources, n.pairs], cells))
         rows["3"] += _transfer_rows(label, run, use, sources, ci)
+        if "restart_spread" in res:
+            stats = restart_stats(res, use)
+            cells = [estimate(stats[key], sources[use], interval=ci) for _, key in TABLE4]
+            rows["4"].append(([label, run.kind, res["restart_final_confs"].shape[-1],
+                               cells[0].sources, cells[0].pairs], cells))
+        for fraction, stats in res.get("matched_stats", {}).items():
+            nan = np.full(len(stats["reached"]), np.nan)
+            cells = [estimate(stats.get(key, nan), interval=ci) for _, key in TABLE2C]
+            rows["2c"].append(([label, run.args["dataset"], fraction, cells[1].sources], cells))
         per_source = {"2": (res.get("hull_stats"), TABLE2), "2b": (res.get("segment_stats"), TABLE2B)}
         for table, (stats, columns) in per_source.items():
             if stats is None:
@@ -223,7 +248,9 @@ def _transfer_rows(label: str, run: Run, use: np.ndarray, sources: np.ndarray,
            else np.broadcast_to(np.asarray(res["labels"])[None, :], use.shape))
     out = []
     for j, name in enumerate(judges):
-        for images, prefix in (("blind spots", "transfer_"), ("raw targets", "transfer_baseline_")):
+        for images, prefix in TABLE3_IMAGES:
+            if f"{prefix}pred" not in res:  # files of before the straight-line baseline
+                continue
             pred = np.asarray(res[f"{prefix}pred"])[..., j][use]
             values = [pred == src[use], pred == tgt[use], (pred != src[use]) & (pred != tgt[use]),
                       np.asarray(res[f"{prefix}source_conf"])[..., j][use]]
@@ -264,6 +291,14 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
                 "spot) and chords (blind spot -> blind spot) whose minimum over 21 points stays "
                 f"above p_src - delta; {spread} over sources (n = sources, chords)",
                 table(rows["2b"], head + [h for h, _ in TABLE2B])]
+    if rows["2c"]:
+        out += ["", "Table 2c: geometry at matched progress. For each fraction f of the way to "
+                "the target, each walk's first iterate a(f) with 1 - |x - x_t|/|x_s - x_t| >= f: "
+                "fraction of a source's walks that reached f, and fraction of its limbs (source "
+                "-> a(f)), chords (a(f) -> b(f)) and triangles (source, a(f), b(f)) whose minimum "
+                f"stays above p_src - delta; f = final: the blind spots; {spread} over sources "
+                "(n = sources with two walks at f)",
+                table(rows["2c"], HEADS["2c"] + [h for h, _ in TABLE2C])]
     if rows["examples"]:
         out += ([""] if out else []) + [
             f"Table 1 over the example pairs (--examples; {spread} over kept pairs; n = sources, "
@@ -272,9 +307,34 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
         out += ([""] if out else []) + [
                 "Table 3: blind spots of A judged by B: fraction of kept pairs B classifies as "
                 f"the source, the target or another class, and B's source-class confidence; "
-                f"{spread}; the raw targets are the baseline",
+                f"{spread}; baselines: the raw targets, and the straight line x_s + f (x_t - "
+                "x_s) at each blind spot's own progress f",
                 table(rows["3"], HEADS["3"] + TABLE3)]
+    if rows["4"]:
+        out += ([""] if out else []) + [
+                "Table 4: K walks per pair (--restarts). spread: mean pairwise distance of a "
+                "pair's K blind spots over its source-target distance; chords between them kept "
+                "above p0 - delta; distance left (mean over restarts); std: across the K "
+                f"restarts of a pair; {spread} over pairs",
+                table(rows["4"], HEADS["4"] + [h for h, _ in TABLE4])]
     return "\n".join(out)
+
+
+def matched_curves(runs: list[Run], key: str = "chords_kept_0.05"
+                   ) -> list[tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray]]:
+    """(label, fractions, mean, low, high) for every full_eval with matched_stats: `key` of
+    Table 2c at each fraction (and "final"), mean over sources with its 95% bootstrap
+    interval over sources."""
+    with_stats = [r for r in runs if r.kind == "full_eval" and "matched_stats" in r.results]
+    out = []
+    for label, run in zip(labels(with_stats), with_stats):
+        stats = run.results["matched_stats"]
+        fractions = list(stats)
+        cells = [estimate(stats[f].get(key, np.full(len(stats[f]["reached"]), np.nan)))
+                 for f in fractions]
+        out.append((label, fractions, *(np.array([getattr(c, f) for c in cells])
+                                        for f in ("mean", "low", "high"))))
+    return out
 
 
 def delta_curves(runs: list[Run]) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:

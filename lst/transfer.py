@@ -1,7 +1,11 @@
 """Do blind spots transfer? Other models of the same dataset judge one model's blind spots.
 
 For each pair, every judge model classifies the blind spot (the float image LST returned, before
-any 8-bit rounding) and, as the baseline, the raw target image. Judge 0 is always the traversed
+any 8-bit rounding) and two baselines: the raw target image, and the image on the straight line
+from source to target at the blind spot's own progress f = 1 - |x - x_t| / |x_s - x_t|,
+x_s + f (x_t - x_s) (a blind spot that stopped short still holds part of the source, and so
+does this image: only where blind spots keep the source class more often than it is that a
+finding about the level set). Judge 0 is always the traversed
 model itself (the reference: it keeps the source class on its own blind spots by construction);
 then the models of --transfer_models. Judges run in float32 on their own device.
 """
@@ -36,16 +40,35 @@ def judge(judges: Mapping[str, nn.Module], images: torch.Tensor, source_labels: 
     return {name: torch.stack(columns, dim=1).numpy() for name, columns in out.items()}
 
 
+def straight_line_images(sources: torch.Tensor, targets: torch.Tensor, progress: torch.Tensor
+                         ) -> torch.Tensor:
+    """x_s + f (x_t - x_s): sources, targets (N,C,H,W) in [0,1]; progress f (N,), clamped to
+    [0,1] (NaN, a skipped source, as 0). Returns (N,C,H,W) float32 on the sources' device."""
+    f = torch.nan_to_num(progress.float(), nan=0.0).clamp(0, 1).to(sources.device)
+    sources, targets = sources.float(), targets.float().to(sources.device)
+    return (sources + f.view(-1, 1, 1, 1) * (targets - sources)).clamp(0, 1)
+
+
 def judge_pairs(judges: Mapping[str, nn.Module], blind_spots: torch.Tensor, targets: torch.Tensor,
-                source_labels: torch.Tensor, target_labels: torch.Tensor) -> dict[str, np.ndarray]:
-    """`judge` on the blind spots (keys transfer_{field}) and on the raw targets (keys
-    transfer_baseline_{field}), all (N,J)."""
-    spots = judge(judges, blind_spots, source_labels, target_labels)
-    raw = judge(judges, targets, source_labels, target_labels)
-    return {**{f"transfer_{k}": v for k, v in spots.items()},
-            **{f"transfer_baseline_{k}": v for k, v in raw.items()}}
+                source_labels: torch.Tensor, target_labels: torch.Tensor, *,
+                sources: torch.Tensor | None = None,
+                progress: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """`judge` on the blind spots (keys transfer_{field}), on the raw targets (keys
+    transfer_baseline_{field}) and, given the sources (N,C,H,W) and each blind spot's progress
+    (N,), on the `straight_line_images` at that progress (keys transfer_line_{field}); all
+    (N,J)."""
+    out = {f"transfer_{k}": v for k, v in
+           judge(judges, blind_spots, source_labels, target_labels).items()}
+    out.update({f"transfer_baseline_{k}": v for k, v in
+                judge(judges, targets, source_labels, target_labels).items()})
+    if sources is not None:
+        line = straight_line_images(sources, targets, progress)
+        out.update({f"transfer_line_{k}": v for k, v in
+                    judge(judges, line, source_labels, target_labels).items()})
+    return out
 
 
 def transfer_keys() -> list[str]:
-    """The results keys `judge_pairs` fills, in a fixed order."""
-    return [f"transfer_{k}" for k in FIELDS] + [f"transfer_baseline_{k}" for k in FIELDS]
+    """The results keys `judge_pairs` fills, in a fixed order (with the straight-line
+    baseline)."""
+    return [f"transfer_{kind}{k}" for kind in ("", "baseline_", "line_") for k in FIELDS]

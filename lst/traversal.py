@@ -96,9 +96,21 @@ class LSTSettings:
     corrector: bool = field(default=False, metadata={
         "help": "adaptive: each step also moves along the gradient back towards p0 (a Newton "
                 "step with the gradient at hand, no extra pass)"})
+    diversity: float = field(default=0.0, metadata={
+        "help": "lambda >= 0: with --restarts, each step also pushes a walk away from the other "
+                "walks of its pair, lambda x |x_s - x_t| along the mean unit vector away from "
+                "them, projected orthogonal to the gradient like the step (docs/design.md, "
+                "'Restarts and diversity')"})
+    matched_fractions: tuple[float, ...] = field(default=(), metadata={
+        "help": "record each walk's first iterate at these fractions f of the way to its "
+                "target, f = 1 - |x - x_t| / |x_s - x_t| (e.g. 0.25 0.5 0.75 0.9); full_eval "
+                "--get_final_imgs measures chords and triangles at each f",
+        "item_type": float})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width_distances", tuple(self.width_distances))
+        object.__setattr__(self, "matched_fractions",
+                           tuple(sorted({float(f) for f in self.matched_fractions})))
         check_precision(self.precision)
         finite = {"step_size": self.step_size, "pthresh": self.pthresh,
                   "init_noise": self.init_noise}
@@ -135,6 +147,11 @@ class LSTSettings:
         if self.schedule == "adaptive" and self.step_size < self.step_min:
             raise ValueError(f"the adaptive schedule starts at step_size, which must be >= "
                              f"step_min, got {self.step_size} < {self.step_min}")
+        if not (math.isfinite(self.diversity) and self.diversity >= 0):
+            raise ValueError(f"diversity must be >= 0, got {self.diversity}")
+        if not all(0 < f < 1 for f in self.matched_fractions):  # NaN fails too
+            raise ValueError(f"matched_fractions must be in (0, 1), got "
+                             f"{list(self.matched_fractions)}")
         for name in ("log_step", "width_directions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -144,14 +161,19 @@ class LSTSettings:
                              f"{list(self.width_distances)}")
 
     def as_dict(self, complete: bool = False) -> dict:
-        """The settings as plain values (width_distances a list), for results files and run
-        keys. The fixed schedule leaves out the schedule's fields (unless `complete`), so runs
-        of the paper's algorithm keep the run ids they had before the adaptive schedule
-        existed."""
-        values = dict(asdict(self), width_distances=list(self.width_distances))
-        if self.schedule == "fixed" and not complete:
-            for name in ("schedule", *ADAPTIVE_FIELDS):
-                values.pop(name)
+        """The settings as plain values (tuples as lists), for results files and run keys.
+        Unless `complete`, the fixed schedule leaves out the schedule's fields, and diversity
+        and matched_fractions are left out while off, so runs of the paper's algorithm keep
+        the run ids they had before these settings existed."""
+        values = dict(asdict(self), width_distances=list(self.width_distances),
+                      matched_fractions=list(self.matched_fractions))
+        if not complete:
+            if self.schedule == "fixed":
+                for name in ("schedule", *ADAPTIVE_FIELDS):
+                    values.pop(name)
+            for name, off in (("diversity", 0.0), ("matched_fractions", [])):
+                if values[name] == off:
+                    values.pop(name)
         return values
 
 
@@ -179,7 +201,14 @@ class LSTResult:
         the steps it took; 0 for a skipped source; iters + 1 under the fixed schedule).
     distance_left: (N,) float32: |x - x_t| / |x_s - x_t| at the blind spot, the fraction of the
         source-target distance still to go (NaN for a skipped source).
-    All tensors except final_images are on the CPU.
+    matched_images: (N,F,C,H,W) float32 in [0,1] or None (F = len(settings.matched_fractions)):
+        the walk's first iterate with 1 - |x - x_t| / |x_s - x_t| >= matched_fractions[f] (the
+        noisy start counts as iterate 0); zeros where the walk never got that far.
+    matched_iters: (N,F) int64 or None: the iteration of that iterate (0 = the start), -1 where
+        the walk never reached the fraction (and for a skipped source).
+    matched_confs: (N,F) float32 or None: the walk's source-class confidence there (NaN where
+        not reached).
+    All tensors except final_images and matched_images are on the CPU.
     """
 
     final_images: torch.Tensor
@@ -194,6 +223,9 @@ class LSTResult:
     widths: torch.Tensor | None = None
     passes: torch.Tensor | None = None
     distance_left: torch.Tensor | None = None
+    matched_images: torch.Tensor | None = None
+    matched_iters: torch.Tensor | None = None
+    matched_confs: torch.Tensor | None = None
 
     def numpy(self) -> dict:
         """The result as a dict of numpy arrays (None stays None), for results files."""
@@ -201,15 +233,19 @@ class LSTResult:
                          else getattr(self, f.name).detach().cpu().numpy()) for f in fields(self)}
 
 
-def initial_noise(shape: Sequence[int], init_noise: float, seed: int, sample_ids: Sequence[int]
-                  ) -> torch.Tensor:
-    """Uniform noise in [-init_noise/2, +init_noise/2], one CPU stream per sample id.
+def initial_noise(shape: Sequence[int], init_noise: float, seed: int, sample_ids: Sequence[int],
+                  restarts: Sequence[int] | None = None) -> torch.Tensor:
+    """Uniform noise in [-init_noise/2, +init_noise/2], one CPU stream per (sample id, restart):
+    restart 0 (the default) draws the noise a walk without restarts draws, restart r > 0 an
+    independent stream.
 
     Returns (len(sample_ids), *shape) float32 on the CPU; identical on every device and batch.
     """
     noise = torch.empty(len(sample_ids), *shape)
-    for k, sid in enumerate(sample_ids):
-        generator = sample_generator(seed, sid, "init_noise")
+    restarts = [0] * len(sample_ids) if restarts is None else restarts
+    for k, (sid, restart) in enumerate(zip(sample_ids, restarts)):
+        stream = "init_noise" if restart == 0 else f"init_noise/restart{int(restart)}"
+        generator = sample_generator(seed, sid, stream)
         noise[k] = (torch.rand(tuple(shape), generator=generator) - 0.5) * init_noise
     return noise
 
@@ -288,7 +324,9 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                         targets: torch.Tensor, settings: LSTSettings | None = None, *,
                         target_labels: torch.Tensor | None = None,
                         sample_ids: Sequence[int] | None = None,
-                        stop_distances: torch.Tensor | None = None, progress: bool = False,
+                        stop_distances: torch.Tensor | None = None,
+                        restarts: Sequence[int] | None = None,
+                        groups: torch.Tensor | None = None, progress: bool = False,
                         **overrides) -> LSTResult:
     """Run LST from each source towards its target (paper §3).
 
@@ -303,6 +341,11 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     stop_distances: (N,) for the adaptive schedule, the distance left (fraction of the
         source-target distance) at which each sample stops, in place of settings.stop_distance
         (e.g. to walk each pair until it is as close as another run got).
+    restarts: (N,) the restart index of each input: restart r of sample id k draws its own
+        noise (`initial_noise`); restart 0 (the default) is the walk a run without restarts does.
+    groups: (N,) integers: with settings.diversity > 0, the walks of one group (the restarts of
+        one pair) push each other apart (`diversity_push`); a walk alone in its group is not
+        pushed.
     Returns an `LSTResult`.
     """
     settings = replace(settings or LSTSettings(), **overrides)
@@ -318,6 +361,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         raise ValueError(f"labels must be (N,) integers and sample_ids N ids, N = {n}")
     if stop_distances is not None and stop_distances.shape != (n,):
         raise ValueError(f"stop_distances must be (N,), N = {n}, got {tuple(stop_distances.shape)}")
+    if (restarts is not None and len(restarts) != n) or (groups is not None and groups.shape != (n,)):
+        raise ValueError(f"restarts and groups must have one entry per input, N = {n}")
     x_src = sources.to(device, torch.float32).clamp(0, 1)  # within the tolerance of [0,1]
     x_tgt = targets.to(device, torch.float32).clamp(0, 1)
     y = labels.to(device, torch.int64)
@@ -351,6 +396,13 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     final = x_src.clone()
     final_confs = init_confs.clone()
     distance_left = torch.full((n,), float("nan"), device=device)
+    fractions = torch.tensor(settings.matched_fractions, device=device)
+    n_matched = len(fractions)
+    matched_images = (torch.zeros(n, n_matched, *sources.shape[1:], device=device)
+                      if n_matched else None)
+    matched_iters = torch.full((n, n_matched), -1, dtype=torch.int64, device=device)
+    matched_confs = torch.full((n, n_matched), float("nan"), device=device)
+    push_apart = settings.diversity > 0 and groups is not None
 
     idx = kept.nonzero().squeeze(1)
     precision = settings.precision
@@ -361,8 +413,9 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         if precision != "fp32":  # the acceptance test compares confidences of one arithmetic
             p0 = probabilities(model, xs, precision=precision).gather(1, yk.view(-1, 1)).squeeze(1)
         kept_ids = [ids[i] for i in idx.tolist()]
-        noise = initial_noise(sources.shape[1:], settings.init_noise, settings.seed,
-                              kept_ids).to(device)
+        noise = initial_noise(sources.shape[1:], settings.init_noise, settings.seed, kept_ids,
+                              None if restarts is None else [restarts[i] for i in idx.tolist()]
+                              ).to(device)
         x = (xs + noise).clamp(0, 1)
         adv = torch.zeros_like(x)
         probs, grad = _confidence_and_grad(model, x, yk, precision)
@@ -376,6 +429,16 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         window = settings.stall_steps if adaptive else 0
         history = torch.full((len(idx), window + 1), float("inf"), device=device)  # distance left
         eps = settings.adv_step_size
+        if push_apart:  # every kept walk's latest iterate, stopped ones included
+            group, current = groups.to(device), x_src.clone()
+            current[idx] = x
+        # the first iterates at the matched fractions, (B,F,C,H,W) (B,F) (B,F): walking samples
+        m_images = torch.zeros(len(idx), n_matched, *x.shape[1:], device=device)
+        m_iters = torch.full((len(idx), n_matched), -1, dtype=torch.int64, device=device)
+        m_confs = torch.full((len(idx), n_matched), float("nan"), device=device)
+        if n_matched:
+            m_images, m_iters, m_confs = _record_matched(0, x, conf, xt, span, fractions,
+                                                         m_images, m_iters, m_confs)
         for i in progress_bar(range(settings.iters), desc="LST", disable=not progress,
                               leave=False):
             if adaptive:  # samples near their target, out of step size or stalled leave the batch
@@ -386,6 +449,10 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                     stop |= history[:, -1] - left < settings.stall_tolerance * history[:, -1]
                 if stop.any():
                     final[rows[stop]], final_confs[rows[stop]] = x[stop], conf[stop]
+                    if n_matched:
+                        matched_images[rows[stop]] = m_images[stop]
+                        matched_iters[rows[stop]] = m_iters[stop]
+                        matched_confs[rows[stop]] = m_confs[stop]
                     _record_until_the_end(rows[stop].cpu(), i, settings.log_step, x[stop],
                                           conf[stop], probs[stop].gather(1, yt[stop].view(-1, 1)),
                                           left[stop],
@@ -393,8 +460,10 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                                           widths)
                     walking = ~stop
                     (x, xt, yk, yt, p0, adv, probs, grad, conf, step, span, stop_at, history,
-                     rows) = (t[walking] for t in (x, xt, yk, yt, p0, adv, probs, grad, conf, step,
-                                                   span, stop_at, history, rows))
+                     rows, m_images, m_iters, m_confs) = (
+                        t[walking] for t in (x, xt, yk, yt, p0, adv, probs, grad, conf, step,
+                                             span, stop_at, history, rows, m_images, m_iters,
+                                             m_confs))
                     if len(rows) == 0:
                         break
             d_perp = orthogonal_step(grad, xt - x)
@@ -415,12 +484,17 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                         precision=precision)
             if eps is not None:
                 adv = (adv + (eps / 2) * grad).clamp(-eps, eps)
+            direction = d_perp
+            if push_apart:
+                push = diversity_push(x, current[idx], group[rows], group[idx], rows, idx)
+                direction = d_perp + (settings.diversity * span).view(-1, 1, 1, 1) * \
+                    orthogonal_step(grad, push)
             if adaptive:
-                move = step.view(-1, 1, 1, 1) * d_perp
+                move = step.view(-1, 1, 1, 1) * direction
                 if settings.corrector:
                     move = move + newton_correction(grad, conf, p0, move)
             else:
-                move = settings.step_size * d_perp
+                move = settings.step_size * direction
             proposal = (x + move - adv).clamp(0, 1)
             new_probs, new_grad = _confidence_and_grad(model, proposal, yk, precision)
             new_conf = new_probs.gather(1, yk.view(-1, 1)).squeeze(1)
@@ -432,10 +506,17 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
             grad = torch.where(a4, new_grad, grad)
             probs = torch.where(accept.view(-1, 1), new_probs, probs)
             conf = torch.where(accept, new_conf, conf)
+            if push_apart:
+                current[rows] = x
+            if n_matched:
+                m_images, m_iters, m_confs = _record_matched(i + 1, x, conf, xt, span, fractions,
+                                                             m_images, m_iters, m_confs)
             if adaptive:
                 step = torch.where(accept, (step * settings.step_grow).clamp(max=settings.step_max),
                                    step * settings.step_shrink)
         final[rows], final_confs[rows] = x.detach(), conf
+        if n_matched:
+            matched_images[rows], matched_iters[rows], matched_confs[rows] = m_images, m_iters, m_confs
         distance_left[idx] = _distance_left(final[idx], x_tgt[idx], spans)
         if precision != "fp32":  # the blind spots' confidences in float32, whatever the walk used
             final_confs[idx] = class_confidence_of(model, final[idx], y[idx])
@@ -452,7 +533,41 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         widths=widths,
         passes=passes.to(torch.int64).cpu(),
         distance_left=distance_left.cpu(),
+        matched_images=None if matched_images is None else matched_images.to(sources.device),
+        matched_iters=matched_iters.cpu() if n_matched else None,
+        matched_confs=matched_confs.cpu() if n_matched else None,
     )
+
+
+def _record_matched(iteration: int, x: torch.Tensor, conf: torch.Tensor, targets: torch.Tensor,
+                    span: torch.Tensor, fractions: torch.Tensor, images: torch.Tensor,
+                    iters: torch.Tensor, confs: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep x as the matched iterate of every fraction it reaches first at this iteration.
+    x, targets: (B,C,H,W); conf, span: (B,); fractions: (F,); images (B,F,C,H,W), iters and
+    confs (B,F), as recorded so far; returns them updated. No host synchronisation."""
+    progress = 1 - _distance_left(x, targets, span)
+    first = (progress.view(-1, 1) >= fractions.view(1, -1)) & (iters < 0)  # (B,F)
+    images = torch.where(first.view(*first.shape, 1, 1, 1), x.unsqueeze(1), images)
+    iters = torch.where(first, torch.full_like(iters, iteration), iters)
+    confs = torch.where(first, conf.view(-1, 1), confs)
+    return images, iters, confs
+
+
+def diversity_push(x: torch.Tensor, others: torch.Tensor, group: torch.Tensor,
+                   other_group: torch.Tensor, rows: torch.Tensor, other_rows: torch.Tensor
+                   ) -> torch.Tensor:
+    """The direction away from a walk's partners: for each x_j, the mean over the other walks k
+    of its group of the unit vectors (x_j - x_k) / |x_j - x_k| (a partner at the same point adds
+    nothing). x: (B,C,H,W) the walks to push, group (B,), rows (B,) their ids; others:
+    (M,C,H,W) every walk's latest iterate, other_group (M,), other_rows (M,). Returns
+    (B,C,H,W) float32 of norm <= 1; zero for a walk without partners."""
+    flat, pool = x.flatten(1).float(), others.flatten(1).float()
+    distance = torch.cdist(flat, pool, compute_mode="donot_use_mm_for_euclid_dist")  # (B,M)
+    partner = (group.view(-1, 1) == other_group.view(1, -1)) & (rows.view(-1, 1) != other_rows.view(1, -1))
+    weight = torch.where(partner & (distance > 0), 1 / distance.clamp_min(1e-30), 0.0)
+    push = weight.sum(dim=1, keepdim=True) * flat - weight @ pool  # sum_k w_jk (x_j - x_k)
+    return (push / partner.sum(dim=1, keepdim=True).clamp_min(1)).view_as(x)
 
 
 def _distance_left(x: torch.Tensor, targets: torch.Tensor, span: torch.Tensor) -> torch.Tensor:

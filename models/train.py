@@ -159,7 +159,7 @@ def train(args: argparse.Namespace) -> dict:
                                                     total_steps=args.epochs * steps_per_epoch)
     ckpt_path = Path(str(args.out) + ".ckpt")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "num_workers", "argv")}
-    start_epoch, elapsed, epoch_seconds = 0, 0.0, []
+    start_epoch, elapsed, epoch_seconds, epoch_accuracy = 0, 0.0, [], []
     generator = torch.Generator().manual_seed(args.seed)
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -171,6 +171,7 @@ def train(args: argparse.Namespace) -> dict:
         generator.set_state(ckpt["generator"])
         start_epoch, elapsed = ckpt["epoch"], ckpt["elapsed"]
         epoch_seconds = ckpt.get("epoch_seconds", [])  # absent in checkpoints of before 2026-11-30
+        epoch_accuracy = ckpt.get("epoch_accuracy", [])  # absent in checkpoints of before 2026-12-02
         log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
 
     watch = evenly_spaced(len(x_test), 1000)  # a progress check after every epoch
@@ -204,18 +205,30 @@ def train(args: argparse.Namespace) -> dict:
         # wall time: a process that was paused (or shared the cores) counts that time too
         epoch_seconds.append(round(time.time() - started, 1))
         elapsed += epoch_seconds[-1]
+        # a check after every epoch; for adversarial training also PGD accuracy on the first
+        # watch_pgd_samples of the watched images, where catastrophic overfitting shows first
+        checked = {"epoch": epoch + 1, "clean_acc": clean_accuracy(model, x_test[watch], y_test[watch])}
+        if args.adv != "none" and args.watch_pgd_samples:
+            few = watch[evenly_spaced(len(watch), args.watch_pgd_samples)]
+            checked["pgd_acc"] = evaluate(model, x_test[few], y_test[few], eps=8 / 255,
+                                          pgd_steps=args.eval_pgd_steps, pgd_samples=len(few))["pgd_acc"]
+        epoch_accuracy.append(checked)
         atomic_torch_save({"settings": settings, "model": model.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                            "generator": generator.get_state(), "epoch": epoch + 1,
-                           "elapsed": elapsed, "epoch_seconds": epoch_seconds}, ckpt_path)
+                           "elapsed": elapsed, "epoch_seconds": epoch_seconds,
+                           "epoch_accuracy": epoch_accuracy}, ckpt_path)
         log.info("epoch %d done in %.0f s, %.0f s so far; last loss %.3f, clean accuracy %.3f on "
-                 "%d test images", epoch + 1, epoch_seconds[-1], elapsed, loss.item(),
-                 clean_accuracy(model, x_test[watch], y_test[watch]), len(watch))
+                 "%d test images%s", epoch + 1, epoch_seconds[-1], elapsed, loss.item(),
+                 checked["clean_acc"], len(watch),
+                 f", PGD-{args.eval_pgd_steps} accuracy {checked['pgd_acc']:.3f} on "
+                 f"{args.watch_pgd_samples}" if "pgd_acc" in checked else "")
 
     model = model.to(memory_format=torch.contiguous_format).eval()
     meta = {"arch": args.arch, "dataset": args.dataset, "adv": args.adv, "epochs": args.epochs,
             "seed": args.seed, "bf16": args.bf16, "channels_last": args.channels_last,
             "train_seconds": round(elapsed, 1), "epoch_seconds": epoch_seconds,
+            "epoch_accuracy": epoch_accuracy,
             "train_samples": len(x_train),
             "threads": torch.get_num_threads(), "init": init_meta,
             "command": "python -m models.train " + " ".join(shlex.quote(a) for a in args.argv)}
@@ -261,6 +274,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="use only N evenly spaced training images (0: all)")
     p.add_argument("--eval_pgd_steps", type=int, default=20)
     p.add_argument("--eval_pgd_samples", type=int, default=1000)
+    p.add_argument("--watch_pgd_samples", type=int, default=200,
+                   help="adversarial training: PGD accuracy on this many test images after every "
+                        "epoch, to catch catastrophic overfitting (0: off)")
     p.add_argument("--init", default=None,
                    help="start from this weights file (a warm restart: new optimizer and schedule)")
     p.add_argument("--bf16", action="store_true",

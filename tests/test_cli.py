@@ -185,6 +185,10 @@ BAD_INPUTS = [
      "other models than the traversed one"),
     (["smallcnn-normal", "shapes", "--examples", "--transfer_models", "resnet20-normal"],
      "unknown model 'resnet20-normal' for shapes"),
+    (["smallcnn-normal", "shapes", "--examples", "--diversity", "0.1"], "needs --restarts >= 2"),
+    (["smallcnn-normal", "shapes", "--examples", "--restarts", "0"], "--restarts must be positive"),
+    (["smallcnn-normal", "shapes", "--full_eval", "--matched_fractions", "0.5", "1"],
+     r"--matched_fractions must be in \(0, 1\)"),
 ]
 
 

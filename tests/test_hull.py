@@ -201,3 +201,43 @@ def test_delta_curve_counts_points_per_source():
     np.testing.assert_allclose(curve[1], [0.25, 0.75, 0.75, 1, 1])  # p > 0.6 - d
     with_nan = np.concatenate([confs, np.full((2, 1, 4), np.nan)], axis=1)
     np.testing.assert_allclose(delta_curve(with_nan, [0.0, 0.15]), curve[:, [0, 2]])
+
+
+def test_matched_geometry_is_measured_on_the_recorded_iterates():
+    """full_eval with matched fractions: "final" is Table 2b's limbs and chords, each fraction's
+    row counts the walks that reached it, and a source's chords and triangles at f are those of
+    its saved matched iterates."""
+    from lst.experiments import run_full_eval
+    from lst.shapes import ShapesDataset
+    from models import load_model
+
+    model = load_model("smallcnn-normal", "shapes")[0]
+    dataset = ShapesDataset("test", seed=0)
+    settings = lst.LSTSettings(iters=20, step_size=0.1, pthresh=0.2,
+                               matched_fractions=(0.25, 0.5, 0.9))
+    results, all_confs = run_full_eval(model, dataset, settings, num_samples=5, rounds=3,
+                                       get_final_imgs=True)
+    stats = results["matched_stats"]
+    assert list(stats) == ["0.25", "0.5", "0.9", "final"]
+    for d in SEGMENT_DELTAS:
+        for kind in ("limbs", "chords"):
+            np.testing.assert_array_equal(stats["final"][f"{kind}_kept_{d:g}"],
+                                          results["segment_stats"][f"{kind}_kept_{d:g}"])
+    reached = results["matched_iters"] >= 0  # (N,R,F)
+    for f, key in enumerate(["0.25", "0.5", "0.9"]):
+        np.testing.assert_allclose(stats[key]["reached"], reached[:, :, f].mean(axis=1))
+    assert reached[:, :, 0].all() and not reached[:, :, 2].all()  # a fraction some walks miss
+    # one source at f = 0.5, recomputed from its saved 8-bit iterates
+    i, f = 0, 1
+    walks = np.flatnonzero(reached[i, :, f])
+    image, label = dataset[int(results["source_indices"][i])]
+    spots = torch.from_numpy(results["matched_images"][i, walks, f]).float() / 255
+    pairs = list(combinations(range(len(walks)), 2))
+    triangles = lst.hull.source_hull_confidences(model, image, label, spots, pairs)
+    limbs, chords = limbs_and_chords(model, image, label, spots, pairs, triangles)
+    p_src = float(triangles[0, 0])
+    assert stats["0.5"]["chords_kept_0.05"][i] == pytest.approx(
+        float((chords.min(dim=1).values > p_src - 0.05).float().mean()))
+    assert stats["0.5"]["triangles_kept_0.1"][i] == pytest.approx(
+        float((triangles.min(dim=1).values > p_src - 0.1).float().mean()))
+    assert "matched" in results["seconds"]

@@ -13,7 +13,7 @@ import pytest
 import level_set_traversal as cli
 import print_tables
 from lst.results import save_results
-from lst.tables import load_run, table_rows
+from lst.tables import load_run, table_records, table_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--iters", "4", "--log_step", "2", "--batch_size", "8"]
@@ -152,3 +152,25 @@ def test_quiet_keeps_only_warnings_and_the_summary(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("full_eval: 40 pairs")
     assert "full eval (pairs)" not in proc.stderr and "resuming" not in proc.stderr
     assert all(line.startswith("LPIPS is NaN") for line in proc.stderr.strip().splitlines())
+
+
+def test_matched_progress_and_restart_tables(tmp_path, capsys):
+    """A full_eval with --matched_fractions and --restarts gives Tables 2c and 4, and --plot
+    draws chords kept against f beside the delta curve."""
+    out = tmp_path / "runs"
+    assert cli.main(["smallcnn-normal", "shapes", "--full_eval", "--num_samples", "4",
+                     "--rounds", "3", "--iters", "20", "--get_final_imgs", "--restarts", "2",
+                     "--matched_fractions", "0.25", "0.5", "--out_dir", str(out), "--quiet"]) == 0
+    figure = tmp_path / "delta.png"
+    assert print_tables.main([str(out), "--plot", str(figure)]) == 0
+    printed = capsys.readouterr().out
+    assert "Table 2c" in printed and "Table 4" in printed
+    rows = [line.split() for line in printed.splitlines() if line.startswith("SmallCNN")]
+    assert [r[2] for r in rows if len(r) > 2 and r[2] in ("0.25", "0.5", "final")] == [
+        "0.25", "0.5", "final"]
+    for png in (figure, tmp_path / "delta_matched.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [r for r in table_records([load_run(p) for p in out.glob("*.pkl")])
+               if r["table"] in ("2c", "4")]
+    assert {r["table"] for r in records} == {"2c", "4"}
+    assert all(0 <= r["reached f"] <= 1 for r in records if r["table"] == "2c")

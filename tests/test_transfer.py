@@ -42,8 +42,15 @@ def test_full_eval_transfer_equals_the_other_model_on_the_float_blind_spots(mode
     targets, target_labels = stack_items(dataset, results["target_indices"].ravel())
     blind = level_set_traversal(normal, sources, labels, targets, settings,
                                 sample_ids=list(range(12))).final_images
+    # the straight-line baseline, recomputed: x_s + f (x_t - x_s) at the blind spot's own progress
+    progress = 1 - ((targets - blind).flatten(1).norm(dim=1)
+                    / (targets - sources).flatten(1).norm(dim=1))
+    np.testing.assert_allclose(1 - results["distance_left"].ravel(), progress, atol=1e-5)
+    assert (progress > 0.05).all() and (progress < 0.95).any()  # stopped short: a real baseline
+    line = sources + progress.view(-1, 1, 1, 1) * (targets - sources)
     for j, model in enumerate((normal, linf)):
-        for images, prefix in ((blind, "transfer_"), (targets, "transfer_baseline_")):
+        for images, prefix in ((blind, "transfer_"), (targets, "transfer_baseline_"),
+                               (line, "transfer_line_")):
             probs = probabilities(model, images)
             got = {k: results[f"{prefix}{k}"][..., j].ravel()
                    for k in ("source_conf", "target_conf", "pred")}

@@ -9,15 +9,18 @@ from tests.conftest import frozen, linear_classifier, small_cnn
 
 
 def literal_lst(model, sources, labels, targets, *, step_size, iters, pthresh, adv_step_size,
-                noise):
+                noise, every_iterate=None):
     """The paper's algorithm (§3) written out literally: forward+backward at x, then a forward
-    at x', every step (docs/design.md, "The fused step")."""
+    at x', every step (docs/design.md, "The fused step"). every_iterate: a list that gets x at
+    the start and after every iteration."""
     def conf(x):
         return torch.softmax(model(x), 1).gather(1, labels.view(-1, 1)).squeeze(1)
 
     p0 = conf(sources).detach()
     x = (sources + noise).clamp(0, 1)
     a = torch.zeros_like(x)
+    record = every_iterate.append if every_iterate is not None else (lambda _: None)
+    record(x.detach())
     for _ in range(iters):
         xg = x.clone().requires_grad_(True)
         g, = torch.autograd.grad(F.cross_entropy(model(xg), labels, reduction="sum"), xg)
@@ -30,6 +33,7 @@ def literal_lst(model, sources, labels, targets, *, step_size, iters, pthresh, a
         proposal = (x + step_size * d_perp - a).clamp(0, 1)
         accept = (p0 - conf(proposal).detach()) < pthresh
         x = torch.where(accept.view(-1, 1, 1, 1), proposal, x)
+        record(x.detach())
     return x.detach()
 
 
@@ -402,3 +406,166 @@ def test_a_walk_that_can_get_no_closer_stops_when_it_stalls():
                                     pthresh=0.5, step_size=0.01, schedule="adaptive",
                                     stall_steps=0)
     assert (never.passes == 401).all()
+
+
+def progress_of(x, sources, targets):
+    """1 - |x - x_t| / |x_s - x_t| per sample."""
+    return 1 - (targets - x).flatten(1).norm(dim=1) / (targets - sources).flatten(1).norm(dim=1)
+
+
+def test_matched_iterates_are_the_walks_own(cnn, images):
+    """The iterate recorded at fraction f is the first iterate of a literal loop that records
+    every iterate with progress >= f; a fraction the walk never reaches is -1, NaN and zeros."""
+    sources, targets = images
+    labels = correctly_classified(cnn, sources)
+    noise = initial_noise(sources.shape[1:], 4 / 255, 0, range(len(sources)))
+    kwargs = dict(step_size=0.2, iters=25, pthresh=0.01, adv_step_size=None)
+    fractions = (0.2, 0.4, 0.6, 0.8, 0.95)
+    fused = lst.level_set_traversal(cnn, sources, labels, targets, matched_fractions=fractions,
+                                    **kwargs)
+    iterates = []
+    literal_lst(cnn, sources, labels, targets, noise=noise, every_iterate=iterates, **kwargs)
+    walked = torch.stack(iterates, dim=1)  # (N, iters+1, C,H,W)
+    progress = torch.stack([progress_of(x, sources, targets) for x in iterates], dim=1)
+    for f, fraction in enumerate(fractions):
+        for k in range(len(sources)):
+            reached = (progress[k] >= fraction).nonzero().flatten()
+            if len(reached) == 0:
+                assert fused.matched_iters[k, f] == -1
+                assert torch.isnan(fused.matched_confs[k, f])
+                assert (fused.matched_images[k, f] == 0).all()
+                continue
+            first = int(reached[0])
+            assert fused.matched_iters[k, f] == first
+            torch.testing.assert_close(fused.matched_images[k, f], walked[k, first], atol=1e-5,
+                                       rtol=0)
+            assert fused.matched_confs[k, f] >= fused.init_confs[k] - kwargs["pthresh"]
+    # the test means something only if some fractions were reached late and some never
+    assert (fused.matched_iters > 0).any() and (fused.matched_iters == -1).any()
+    assert fused.matched_iters.shape == (len(sources), len(fractions))
+    # recording changes nothing of the walk
+    plain = lst.level_set_traversal(cnn, sources, labels, targets, **kwargs)
+    assert torch.equal(plain.final_images, fused.final_images)
+
+
+def test_a_walk_that_stops_short_of_f_is_reported_as_not_reaching_it():
+    """The stalling walk of a linear model (an unreachable floor of distance left) stops under
+    the adaptive schedule: fractions beyond 1 - floor are -1 for every sample; those below are
+    reached, and their iterate is one the walk passed (progress >= f)."""
+    g = torch.Generator().manual_seed(0)
+    dim = 3 * 8 * 8
+    weight = torch.randn(2, dim, generator=g) * 0.05
+    model = linear_classifier(weight, torch.zeros(2))
+    u = (weight[0] - weight[1]) / (weight[0] - weight[1]).norm()
+    sources = 0.5 + 0.1 * (torch.rand(4, 3, 8, 8, generator=g) - 0.5)
+    shift = 0.1 * (torch.rand(4, dim, generator=g) - 0.5)
+    shift -= (shift @ u).view(-1, 1) * u
+    targets = sources + (shift + 0.04 * u).view_as(sources)
+    labels = correctly_classified(model, sources)
+    floor = 0.04 / (shift + 0.04 * u).norm(dim=1)
+    assert (floor > 0.1).all() and (floor < 0.5).all()
+    fractions = (0.5, 0.95)
+    for schedule in ("fixed", "adaptive"):
+        res = lst.level_set_traversal(model, sources, labels, targets, iters=300, init_noise=0.0,
+                                      pthresh=0.5, step_size=0.02, schedule=schedule,
+                                      matched_fractions=fractions)
+        assert (res.matched_iters[:, 1] == -1).all() and torch.isnan(res.matched_confs[:, 1]).all()
+        assert (res.matched_iters[:, 0] > 0).all()
+        got = progress_of(res.matched_images[:, 0], sources, targets)
+        assert (got >= 0.5 - 1e-6).all()
+    assert (res.passes < 301).all()  # the adaptive walks did stop early
+
+
+def test_restarts_reproduce_and_differ():
+    """Restart r of a sample draws its own noise: the same call twice gives the same walks,
+    restart 0 is the walk without restarts, and other restarts start (and end) elsewhere."""
+    model = small_cnn(gain=100.0)
+    g = torch.Generator().manual_seed(3)
+    sources, targets = torch.rand(3, 3, 16, 16, generator=g), torch.rand(3, 3, 16, 16, generator=g)
+    labels = correctly_classified(model, sources)
+    walks = [t.repeat_interleave(3, dim=0) for t in (sources, labels, targets)]
+    ids, restarts = [0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 1, 2] * 3
+    kwargs = dict(step_size=0.1, iters=10, pthresh=0.05)
+    first = lst.level_set_traversal(model, *walks, sample_ids=ids, restarts=restarts, **kwargs)
+    again = lst.level_set_traversal(model, *walks, sample_ids=ids, restarts=restarts, **kwargs)
+    assert torch.equal(first.final_images, again.final_images)
+    alone = lst.level_set_traversal(model, sources, labels, targets, **kwargs)
+    assert torch.equal(first.final_images[0::3], alone.final_images)
+    noise = initial_noise(sources.shape[1:], 4 / 255, 0, ids, restarts)
+    for k in range(3):
+        block = noise[3 * k:3 * k + 3].flatten(1)
+        assert not torch.equal(block[0], block[1]) and not torch.equal(block[1], block[2])
+        ends = first.final_images[3 * k:3 * k + 3].flatten(1)
+        assert (ends[0] - ends[1]).norm() > 0 and (ends[1] - ends[2]).norm() > 0
+
+
+def mean_pairwise(x):
+    """Mean distance between the rows of (K, ...)."""
+    flat = x.flatten(1)
+    k = len(flat)
+    return torch.pdist(flat).sum() / (k * (k - 1) / 2)
+
+
+def test_diversity_spreads_the_restarts_and_keeps_the_level_set():
+    """On a linear model every orthogonal step is accepted and all restarts of a pair converge
+    to the target; the diversity push keeps them apart (spread several times larger), and every
+    restart still ends with confidence >= p0 - pthresh."""
+    g = torch.Generator().manual_seed(0)
+    dim = 3 * 8 * 8
+    weight = torch.randn(4, dim, generator=g) * 0.05
+    model = linear_classifier(weight, torch.zeros(4))
+    source = 0.5 + 0.1 * (torch.rand(1, 3, 8, 8, generator=g) - 0.5)
+    shift = 0.2 * (torch.rand(1, dim, generator=g) - 0.5)
+    target = (source + shift.view_as(source)).clamp(0, 1)
+    label = correctly_classified(model, source)
+    k = 4
+    walks = [t.repeat_interleave(k, dim=0) for t in (source, label, target)]
+    kwargs = dict(step_size=0.05, iters=150, pthresh=0.05, sample_ids=[0] * k,
+                  restarts=list(range(k)), groups=torch.zeros(k, dtype=torch.int64))
+    plain = lst.level_set_traversal(model, *walks, **kwargs)
+    pushed = lst.level_set_traversal(model, *walks, diversity=0.2, **kwargs)
+    spread_plain, spread_pushed = mean_pairwise(plain.final_images), mean_pairwise(pushed.final_images)
+    assert spread_pushed > 3 * spread_plain, (spread_plain, spread_pushed)
+    for res in (plain, pushed):
+        assert (res.final_confs > res.init_confs - 0.05).all()
+        recomputed = lst.class_confidence_of(model, res.final_images, walks[1])
+        assert (recomputed > res.init_confs - 0.05).all()
+
+
+def test_diversity_does_nothing_where_it_cannot():
+    """Guards: a walk alone in its group is never pushed (bit-identical to no diversity), and
+    on a level set that refuses every step (Bump) the pushed walks go nowhere either."""
+    model = small_cnn(gain=100.0)
+    g = torch.Generator().manual_seed(4)
+    sources, targets = torch.rand(4, 3, 16, 16, generator=g), torch.rand(4, 3, 16, 16, generator=g)
+    labels = correctly_classified(model, sources)
+    alone = dict(step_size=0.1, iters=10, pthresh=0.05, groups=torch.arange(4))
+    assert torch.equal(lst.level_set_traversal(model, sources, labels, targets, **alone).final_images,
+                       lst.level_set_traversal(model, sources, labels, targets, diversity=0.5,
+                                               **alone).final_images)
+    centre = torch.full((3, 4, 4), 0.5)
+    bump = frozen(Bump(centre))
+    source = centre.unsqueeze(0) + 0.01
+    walks = [source.repeat(3, 1, 1, 1), torch.zeros(3, dtype=torch.int64),
+             torch.rand(3, 3, 4, 4, generator=g)]
+    together = dict(step_size=0.05, iters=20, pthresh=1e-9, sample_ids=[0, 0, 0],
+                    restarts=[0, 1, 2], groups=torch.zeros(3, dtype=torch.int64))
+    res = lst.level_set_traversal(bump, *walks, diversity=0.5, **together)
+    assert (res.accept_rate == 0).all()
+    assert torch.equal(res.final_images,
+                       lst.level_set_traversal(bump, *walks, **together).final_images)
+
+
+@pytest.mark.parametrize("bad", [dict(diversity=-0.1), dict(diversity=float("nan")),
+                                 dict(matched_fractions=(0.5, 1.0)),
+                                 dict(matched_fractions=(0.0,))])
+def test_restart_and_matched_settings_refuse_values_that_mean_nothing(bad):
+    with pytest.raises(ValueError):
+        lst.LSTSettings(**bad)
+
+
+def test_new_settings_at_their_defaults_leave_run_keys_as_they_were():
+    assert "diversity" not in lst.LSTSettings().as_dict()
+    assert "matched_fractions" not in lst.LSTSettings().as_dict()
+    on = lst.LSTSettings(diversity=0.1, matched_fractions=(0.9, 0.25)).as_dict()
+    assert on["diversity"] == 0.1 and on["matched_fractions"] == [0.25, 0.9]
