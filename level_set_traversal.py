@@ -334,6 +334,12 @@ def model_and_data(args: argparse.Namespace):
                             f"blind spots of {args.model} are {config.input_size}")
         check_fit(name, judge, config, info, args)
         transfer_models[model_name(name)] = judge
+    if args.get_layers or args.layers:  # names that are not modules of the model: one line now
+        from lst.layers import resolve_layers
+        try:
+            resolve_layers(model, args.layers)
+        except ValueError as err:
+            raise DataError(f"--layers: {err}") from None
     if args.compile:  # same weights, fused kernels: results differ only by float rounding
         model = torch.compile(model)
     return model, dataset, transfer_models

@@ -1,4 +1,4 @@
-"""Print Tables 1-4 from results files; draw the delta curve; write an HTML report.
+"""Print Tables 1-5 from results files; draw the delta curve; write an HTML report.
 
     python print_tables.py                                     # the default output folder
     python print_tables.py plots_and_figures/                  # every results file in the folder
@@ -12,14 +12,16 @@ full_eval files give Table 1 (over kept pairs), Table 2 (triangles, over sources
 (limbs and chords; both from files written with --get_final_imgs) and, with
 --matched_fractions, Table 2c (limbs, chords and triangles at matched progress); examples files
 give Table 1 over their example pairs; files of runs with --transfer_models give Table 3 (blind
-spots of A judged by B), and runs with --restarts Table 4 (K blind spots per pair). Cells are mean ± std, or with --ci the mean and its 95% bootstrap interval over
-sources (2,000 resamples of sources, seeded). The companion _all_confs.pkl files give the delta
-curve of --plot OUT.png; full_evals with Table 2c give OUT_matched.png, chords kept within 0.05
-against f. Every table has n (sources, pairs), and rows are labelled by the model and by
-every argument that differs between the runs shown (e.g. "pthresh=0.5"). --format csv or json
-prints one record per run and table with every column as numbers (mean, std and, with --ci,
-low and high), for pandas and spreadsheets. A file that is not a results file of this tool
-stops with one line (exit 2).
+spots of A judged by B), runs with --restarts Table 4 (K blind spots per pair), and runs with
+--get_layers Table 5 (layer scores: where a blind spot becomes the source). Cells are mean ±
+std, or with --ci the mean and its 95% bootstrap interval over sources (2,000 resamples of
+sources, seeded). The companion _all_confs.pkl files give the delta curve of --plot OUT.png;
+full_evals with Table 2c give OUT_matched.png, chords kept within 0.05 against f; runs with
+layer scores OUT_layers.png, the score against depth. Every table has n (sources, pairs), and
+rows are labelled by the model and by every argument that differs between the runs shown (e.g.
+"pthresh=0.5"). --format csv or json prints one record per run and table with every column as
+numbers (mean, std and, with --ci, low and high), for pandas and spreadsheets. A file that is
+not a results file of this tool stops with one line (exit 2).
 """
 from __future__ import annotations
 
@@ -32,11 +34,11 @@ import sys
 from pathlib import Path
 
 from lst.hull import DELTA_CURVE
-from lst.plots import plot_delta_curves, plot_matched_curves
+from lst.plots import plot_delta_curves, plot_layer_curves, plot_matched_curves
 from lst.report import write_report
 from lst.results import ResultsError
-from lst.tables import (FORMATS, delta_curves, format_tables, load_run, matched_curves,
-                        table_records)
+from lst.tables import (FORMATS, delta_curves, format_tables, layer_curves, load_run,
+                        matched_curves, table_records)
 
 DEFAULT_FOLDER = "plots_and_figures"  # level_set_traversal.py's default --out_dir
 RECORD_FORMATS = ("csv", "json")
@@ -105,16 +107,20 @@ def main(argv: list[str] | None = None) -> int:
             print(format_tables(runs, args.format, ci=args.ci))
         if args.plot:
             plot = Path(args.plot)
-            curves, matched = delta_curves(runs), matched_curves(runs)
-            if not curves and not matched:
+            curves, matched, layered = delta_curves(runs), matched_curves(runs), layer_curves(runs)
+            if not curves and not matched and not layered:
                 raise ResultsError("--plot draws the delta curve from _all_confs.pkl files "
-                                   "(full_eval --get_final_imgs) and chords kept against f from "
-                                   "full_evals with --matched_fractions; none among these files")
+                                   "(full_eval --get_final_imgs), chords kept against f from "
+                                   "full_evals with --matched_fractions and layer scores from "
+                                   "runs with --get_layers; none among these files")
             if curves:
                 print(f"wrote {plot_delta_curves(curves, DELTA_CURVE, plot)}")
             if matched:
                 matched_path = plot.with_name(f"{plot.stem}_matched{plot.suffix}")
                 print(f"wrote {plot_matched_curves(matched, matched_path)}")
+            if layered:
+                layers_path = plot.with_name(f"{plot.stem}_layers{plot.suffix}")
+                print(f"wrote {plot_layer_curves(layered, layers_path)}")
         if args.html:
             print(f"wrote {write_report(args.files[0], runs)}")
     except ResultsError as err:

@@ -23,6 +23,7 @@ from .experiments import run_examples, run_full_eval
 from .hull import (HULL_DELTAS, delta_curve, hull_confidences, hull_stats, limbs_and_chords,
                    segment_confidences, segment_stats, source_hull_confidences, source_hull_stats,
                    triangle_grid)
+from .layers import default_layers, layer_scores
 from .metrics import image_distances, lpips_network
 from .identity import run_key
 from .runstore import RunStore
@@ -32,8 +33,9 @@ from .uncertainty import estimate
 from .widths import path_widths, random_orthogonal_directions
 
 __all__ = [
-    "HULL_DELTAS", "LSTResult", "LSTSettings", "RunStore", "class_confidence_of", "delta_curve", "estimate",
-    "hull_confidences", "hull_stats", "image_distances", "initial_noise", "judge",
+    "HULL_DELTAS", "LSTResult", "LSTSettings", "RunStore", "class_confidence_of",
+    "default_layers", "delta_curve", "estimate",
+    "hull_confidences", "hull_stats", "image_distances", "initial_noise", "judge", "layer_scores",
     "level_set_traversal", "limbs_and_chords", "lpips_network", "model_device", "orthogonal_step",
     "path_widths", "predict", "probabilities", "random_orthogonal_directions", "run_examples",
     "run_full_eval", "run_key",

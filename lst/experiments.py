@@ -25,6 +25,7 @@ from .data import dataset_labels, read_image, stack_items
 from .distributed import Rank, barrier, broadcast
 from .hull import (SEGMENT_POINTS, aggregate_pairs, hull_stats, kept_stats, limbs_and_chords,
                    segment_confidences, segment_stats, source_hull_confidences, triangle_grid)
+from .layers import resolve_layers
 from .metrics import image_distances
 from .progress import progress_bar
 from .restarts import RESTART_FIELDS, restart_geometry
@@ -207,6 +208,10 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
                 "matched_images"):
         if run[key] is not None:
             results[key] = square(run[key], 0)
+    if settings.get_layers:
+        results["layer_names"] = resolve_layers(model, settings.layers)
+        results["layer_scores"] = square(run["layer_scores"], np.nan)
+        results["layer_scores_over_path"] = square(run["layer_scores_over_path"], np.nan)
     if run["matched_iters"] is not None:
         results["matched_iters"] = square(run["matched_iters"], -1)
         results["matched_confs"] = square(run["matched_confs"], np.nan)
@@ -411,6 +416,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     labels = dataset_labels(dataset)[pool]
     results = {"source_indices": pool, "labels": labels, "target_indices": pool[targets],
                "target_labels": labels[targets], "log_iters": merged.pop("log_iters")}
+    if settings.get_layers:
+        results["layer_names"] = resolve_layers(model, settings.layers)
     if transfer_models:
         results["transfer_models"] = list(transfer_models)
     blind = merged.pop("final_images", None)

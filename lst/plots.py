@@ -317,6 +317,25 @@ def plot_matched_curves(curves: Sequence[tuple[str, list[str], np.ndarray, np.nd
     return _save(fig, path)
 
 
+def plot_layer_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                      path: Path) -> Path:
+    """Layer scores at the blind spots against relative depth, one line per run (label, depth,
+    mean, low, high) with its 95% band over sources: 1 = the source's representation, 0 = the
+    target's."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, depth, mean, low, high in curves:
+        line, = ax.plot(depth, mean, marker="o", linewidth=1.8, label=textwrap.fill(label, 45))
+        ax.fill_between(depth, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
+    ax.set_xlabel("relative depth of the layer (input side 0, head side 1)")
+    ax.set_ylabel("layer score (1 = like the source, 0 = like the target)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title("Where blind spots become the source (mean over pairs, 95% band over sources)",
+                 fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_examples(results: dict, class_names: Sequence[str], out_dir: Path, stem: str,
                   width_distances: Sequence[float] = ()) -> list[Path]:
     """Every figure the examples results allow; returns the paths written."""

@@ -81,9 +81,11 @@ class RunStore:
 
     def write(self, kind: str, args: dict, results: dict) -> Path:
         """Write the final results file of `kind` atomically; returns its path. A full_eval's
-        final_images go to their own file, {stem}_fulleval_dict_final_images.npy, written first
-        (`lst.results.save_results`), so that reading the results pickle never reads them."""
-        separate = ("final_images",) if kind == "fulleval_dict" else ()
+        images (final_images, matched_images, restart_final_images) go to their own files,
+        {stem}_fulleval_dict_{key}.npy, written first (`lst.results.save_results`), so that
+        reading the results pickle never reads them."""
+        separate = (("final_images", "matched_images", "restart_final_images")
+                    if kind == "fulleval_dict" else ())
         return save_results(self.path(kind), args, results, separate=separate)
 
     def read(self, kind: str) -> dict:

@@ -1,8 +1,8 @@
-"""Tables 1, 2, 2b, 2c, 3 and 4 and the delta curve from results files, and the labels that
+"""Tables 1, 2, 2b, 2c, 3, 4 and 5 and the delta curve from results files, and the labels that
 tell runs apart.
 
 A `Run` is one results file of this tool: a full_eval (`..._fulleval_dict.pkl`, Tables 1, 2, 2b,
-2c (geometry at matched progress), 3 and 4 (restarts)), an examples run (`..._examples_dict.pkl`, Table 1 over its example pairs, Table 3), or a
+2c (geometry at matched progress), 3, 4 (restarts) and 5 (layer scores)), an examples run (`..._examples_dict.pkl`, Table 1 over its example pairs, Table 3), or a
 full_eval's companion (`..._all_confs.pkl`, triangle confidences: the delta curve; no row of its
 own). Every cell is a mean with ± std or its 95% bootstrap interval over sources, and every
 row says its n: sources and pairs.
@@ -168,10 +168,13 @@ HEADS = {"1": ["model", "dataset", "sources", "pairs"],
          "2b": ["model", "dataset", "sources", "pairs"],
          "2c": ["model", "dataset", "f", "sources"],
          "3": ["blind spots of A", "run", "judged by B", "images", "sources", "pairs"],
-         "4": ["model", "run", "restarts", "sources", "pairs"]}
+         "4": ["model", "run", "restarts", "sources", "pairs"],
+         "5": ["model", "run", "layer", "depth", "sources", "pairs"]}
 COLUMNS = {"1": [h for h, _ in TABLE1], "examples": [h for h, _ in TABLE1],
            "2": [h for h, _ in TABLE2], "2b": [h for h, _ in TABLE2B],
-           "2c": [h for h, _ in TABLE2C], "3": TABLE3, "4": [h for h, _ in TABLE4]}
+           "2c": [h for h, _ in TABLE2C], "3": TABLE3, "4": [h for h, _ in TABLE4],
+           "5": ["at the blind spot", "path: first third", "path: middle third",
+                 "path: last third"]}
 
 
 def table_cells(runs: list[Run], ci: bool = False) -> dict[str, list[tuple[list, list]]]:
@@ -182,7 +185,7 @@ def table_cells(runs: list[Run], ci: bool = False) -> dict[str, list[tuple[list,
     sources with two walks at f), estimates (`lst.uncertainty.Estimate`, with the 95% interval
     over sources when ci) in COLUMNS[table] order. all_confs runs give no row."""
     shown = [r for r in runs if r.kind in ("full_eval", "examples")]
-    rows = {"1": [], "2": [], "2b": [], "2c": [], "3": [], "4": [], "examples": []}
+    rows = {"1": [], "2": [], "2b": [], "2c": [], "3": [], "4": [], "5": [], "examples": []}
     for label, run in zip(labels(shown), shown):
         res = run.results
         use, sources = _pair_columns(run)
@@ -197,6 +200,7 @@ def table_cells(runs: list[Run], ci: bool = False) -> dict[str, list[tuple[list,
             cells = [estimate(stats[key], sources[use], interval=ci) for _, key in TABLE4]
             rows["4"].append(([label, run.kind, res["restart_final_confs"].shape[-1],
                                cells[0].sources, cells[0].pairs], cells))
+        rows["5"] += _layer_rows(label, run, use, sources, ci)
         for fraction, stats in res.get("matched_stats", {}).items():
             nan = np.full(len(stats["reached"]), np.nan)
             cells = [estimate(stats.get(key, nan), interval=ci) for _, key in TABLE2C]
@@ -210,6 +214,46 @@ def table_cells(runs: list[Run], ci: bool = False) -> dict[str, list[tuple[list,
             rows[table].append(([label, run.args["dataset"], cells[0].sources,
                                  cells[0].sources * n_pairs], cells))
     return rows
+
+
+def _layer_rows(label: str, run: Run, use: np.ndarray, sources: np.ndarray,
+                ci: bool) -> list[tuple[list, list]]:
+    """Table 5 rows of one run with layer scores: per layer, its depth (index / (L-1)), the
+    score at the blind spot and its mean over the first, middle and last third of the recorded
+    iterates, over kept pairs."""
+    res = run.results
+    if "layer_scores" not in res:
+        return []
+    names = list(res["layer_names"])
+    at_end = np.asarray(res["layer_scores"], dtype=np.float64)[use]  # (P,L)
+    path = np.asarray(res["layer_scores_over_path"], dtype=np.float64)[use]  # (P,R,L)
+    thirds = np.array_split(np.arange(path.shape[1]), 3)
+    out = []
+    for k, name in enumerate(names):
+        columns = [at_end[:, k]] + [np.nanmean(path[:, t, k], axis=1) if len(t) else
+                                    np.full(len(path), np.nan) for t in thirds]
+        cells = [estimate(v, sources[use], interval=ci) for v in columns]
+        depth = k / max(len(names) - 1, 1)
+        out.append(([label, run.kind, name, f"{depth:.2f}", cells[0].sources, cells[0].pairs],
+                    cells))
+    return out
+
+
+def layer_curves(runs: list[Run]) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """(label, depth, mean, low, high) for every run with layer scores: the score at the blind
+    spot against relative depth (layer index / (L-1)), mean over kept pairs with its 95%
+    bootstrap interval over sources."""
+    with_scores = [r for r in runs if r.kind in ("full_eval", "examples")
+                   and "layer_scores" in r.results]
+    out = []
+    for label, run in zip(labels(with_scores), with_scores):
+        use, sources = _pair_columns(run)
+        scores = np.asarray(run.results["layer_scores"], dtype=np.float64)[use]
+        cells = [estimate(scores[:, k], sources[use]) for k in range(scores.shape[1])]
+        depth = np.arange(scores.shape[1]) / max(scores.shape[1] - 1, 1)
+        out.append((label, depth, *(np.array([getattr(c, f) for c in cells])
+                                    for f in ("mean", "low", "high"))))
+    return out
 
 
 def table_rows(runs: list[Run], pm: str = "±", ci: bool = False) -> dict[str, list]:
@@ -310,6 +354,13 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
                 f"{spread}; baselines: the raw targets, and the straight line x_s + f (x_t - "
                 "x_s) at each blind spot's own progress f",
                 table(rows["3"], HEADS["3"] + TABLE3)]
+    if rows["5"]:
+        out += ([""] if out else []) + [
+                "Table 5: inside the network. Layer score d_t / (d_s + d_t), cosine distances of "
+                "the layer's representation to the source's and the target's: 1 = like the "
+                "source, 0 = like the target; at the blind spot and along the recorded path; "
+                f"{spread} over kept pairs",
+                table(rows["5"], HEADS["5"] + COLUMNS["5"])]
     if rows["4"]:
         out += ([""] if out else []) + [
                 "Table 4: K walks per pair (--restarts). spread: mean pairwise distance of a "

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import sample_generator
+from .layers import layer_scores, representations, resolve_layers, scores_from
 from .confidence import class_confidence_of, in_eval_mode, model_device, predict, probabilities
 from .precision import PRECISIONS, autocast, check_precision, model_input
 from .progress import progress_bar
@@ -101,6 +102,14 @@ class LSTSettings:
                 "walks of its pair, lambda x |x_s - x_t| along the mean unit vector away from "
                 "them, projected orthogonal to the gradient like the step (docs/design.md, "
                 "'Restarts and diversity')"})
+    get_layers: bool = field(default=False, metadata={
+        "help": "record layer scores (0 = the target's representation, 1 = the source's; "
+                "docs/design.md, 'Layer scores') at the blind spot and at the recorded iterates, "
+                "at --layers or the architecture's default layers"})
+    layers: tuple[str, ...] = field(default=(), metadata={
+        "help": "with --get_layers: the named modules to record (names as model.named_modules() "
+                "gives them; default: the architecture's stages or blocks)",
+        "item_type": str})
     matched_fractions: tuple[float, ...] = field(default=(), metadata={
         "help": "record each walk's first iterate at these fractions f of the way to its "
                 "target, f = 1 - |x - x_t| / |x_s - x_t| (e.g. 0.25 0.5 0.75 0.9); full_eval "
@@ -111,6 +120,9 @@ class LSTSettings:
         object.__setattr__(self, "width_distances", tuple(self.width_distances))
         object.__setattr__(self, "matched_fractions",
                            tuple(sorted({float(f) for f in self.matched_fractions})))
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if self.layers:  # naming layers asks for them
+            object.__setattr__(self, "get_layers", True)
         check_precision(self.precision)
         finite = {"step_size": self.step_size, "pthresh": self.pthresh,
                   "init_noise": self.init_noise}
@@ -166,12 +178,13 @@ class LSTSettings:
         and matched_fractions are left out while off, so runs of the paper's algorithm keep
         the run ids they had before these settings existed."""
         values = dict(asdict(self), width_distances=list(self.width_distances),
-                      matched_fractions=list(self.matched_fractions))
+                      matched_fractions=list(self.matched_fractions), layers=list(self.layers))
         if not complete:
             if self.schedule == "fixed":
                 for name in ("schedule", *ADAPTIVE_FIELDS):
                     values.pop(name)
-            for name, off in (("diversity", 0.0), ("matched_fractions", [])):
+            for name, off in (("diversity", 0.0), ("matched_fractions", []),
+                              ("get_layers", False), ("layers", [])):
                 if values[name] == off:
                     values.pop(name)
         return values
@@ -208,6 +221,11 @@ class LSTResult:
         the walk never reached the fraction (and for a skipped source).
     matched_confs: (N,F) float32 or None: the walk's source-class confidence there (NaN where
         not reached).
+    layer_scores: (N,L) float32 or None (with get_layers; L layers, `lst.layers.resolve_layers`):
+        each layer's score at the blind spot, 1 = like the source, 0 = like the target (NaN for
+        a skipped source).
+    layer_scores_over_path: (N,R,L) float32 or None: the same at each recorded iterate (under
+        the adaptive schedule a stopped walk's later recordings hold its last iterate's).
     All tensors except final_images and matched_images are on the CPU.
     """
 
@@ -226,6 +244,8 @@ class LSTResult:
     matched_images: torch.Tensor | None = None
     matched_iters: torch.Tensor | None = None
     matched_confs: torch.Tensor | None = None
+    layer_scores: torch.Tensor | None = None
+    layer_scores_over_path: torch.Tensor | None = None
 
     def numpy(self) -> dict:
         """The result as a dict of numpy arrays (None stays None), for results files."""
@@ -383,14 +403,17 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         target_labels = predict(model, x_tgt)[0]
     y_tgt = None if target_labels is None else target_labels.to(device, torch.int64)
 
+    layers = resolve_layers(model, settings.layers) if settings.get_layers else []
     log_iters = torch.arange(0, settings.iters, settings.log_step)
-    n_logs = len(log_iters) if record_confs or settings.get_widths else 0
+    n_logs = len(log_iters) if record_confs or settings.get_widths or layers else 0
     confs_over_path = torch.zeros(n, n_logs, 2) if record_confs else None
     distance_over_path = torch.full((n, n_logs), float("nan")) if record_confs else None
     images_over_path = (torch.zeros(n, n_logs, *sources.shape[1:], dtype=torch.uint8)
                         if settings.get_images else None)
     widths = (torch.zeros(n, n_logs, len(settings.width_distances) + 1, 2)
               if settings.get_widths else None)
+    scores_over_path = torch.full((n, n_logs, len(layers)), float("nan")) if layers else None
+    final_scores = torch.full((n, len(layers)), float("nan")) if layers else None
     accepted_steps = torch.zeros(n, device=device)
     passes = torch.zeros(n, device=device)
     final = x_src.clone()
@@ -439,6 +462,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         if n_matched:
             m_images, m_iters, m_confs = _record_matched(0, x, conf, xt, span, fractions,
                                                          m_images, m_iters, m_confs)
+        # each walking sample's source and target representations, lists over layers of (B,D)
+        reference = [representations(model, t, layers) for t in (xs, xt)] if layers else None
         for i in progress_bar(range(settings.iters), desc="LST", disable=not progress,
                               leave=False):
             if adaptive:  # samples near their target, out of step size or stalled leave the batch
@@ -449,6 +474,12 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                     stop |= history[:, -1] - left < settings.stall_tolerance * history[:, -1]
                 if stop.any():
                     final[rows[stop]], final_confs[rows[stop]] = x[stop], conf[stop]
+                    if layers:  # its later recordings hold its last iterate's scores
+                        scores_over_path[rows[stop].cpu(), -(-i // settings.log_step):] = \
+                            scores_from(representations(model, x[stop], layers),
+                                        *[[r[stop] for r in ref] for ref in reference]
+                                        ).cpu().unsqueeze(1)
+                        reference = [[r[~stop] for r in ref] for ref in reference]
                     if n_matched:
                         matched_images[rows[stop]] = m_images[stop]
                         matched_iters[rows[stop]] = m_iters[stop]
@@ -476,6 +507,9 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                     distance_over_path[rows_cpu, r] = _distance_left(x, xt, span).cpu()
                 if images_over_path is not None:
                     images_over_path[rows_cpu, r] = (x * 255).round().to(torch.uint8).cpu()
+                if layers:
+                    scores_over_path[rows_cpu, r] = scores_from(
+                        representations(model, x, layers), *reference).cpu()
                 if widths is not None:
                     widths[rows_cpu, r] = path_widths(
                         model, x, d_perp, yk, settings.width_distances,
@@ -520,6 +554,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         distance_left[idx] = _distance_left(final[idx], x_tgt[idx], spans)
         if precision != "fp32":  # the blind spots' confidences in float32, whatever the walk used
             final_confs[idx] = class_confidence_of(model, final[idx], y[idx])
+        if layers:
+            final_scores[idx.cpu()] = layer_scores(model, final[idx], x_src[idx], x_tgt[idx], layers)
     return LSTResult(
         final_images=final.to(sources.device),
         kept=kept.cpu(),
@@ -536,6 +572,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         matched_images=None if matched_images is None else matched_images.to(sources.device),
         matched_iters=matched_iters.cpu() if n_matched else None,
         matched_confs=matched_confs.cpu() if n_matched else None,
+        layer_scores=final_scores,
+        layer_scores_over_path=scores_over_path,
     )
 
 

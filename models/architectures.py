@@ -32,6 +32,9 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 class SmallCNN(nn.Module):
     """A small CNN for 32x32 images: (N,3,32,32) in [0,1] -> (N,num_classes) logits."""
 
+    # the layers of --get_layers: the four conv blocks (after pooling) and the pooled features
+    lst_layers = ("features.3", "features.7", "features.11", "features.14", "features.16")
+
     def __init__(self, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -65,6 +68,9 @@ class _BasicBlock(nn.Module):
 class ResNet20(nn.Module):
     """He et al.'s CIFAR ResNet-20 (3 stages of 3 basic blocks, widths 16/32/64), on [0,1] images
     normalised inside with the CIFAR-10 channel statistics."""
+
+    # the layers of --get_layers: the stem, the end of each stage, the pooled features
+    lst_layers = ("features.2", "features.5", "features.8", "features.11", "features.13")
 
     def __init__(self, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()

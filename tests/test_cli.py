@@ -139,7 +139,8 @@ def test_full_eval_files_and_tables(tmp_path, capsys):
     assert all_confs["limb_confs"].shape == (12, 3, 21) and all_confs["chord_confs"].shape == (12, 3, 21)
     assert set(results["segment_stats"]) == {f"{k}_kept_{d}" for k in ("limbs", "chords")
                                              for d in ("0.05", "0.1", "0.2")}
-    assert set(results["seconds"]) == {"traversal", "transfer", "triangles", "limbs_chords"}
+    assert set(results["seconds"]) == {"traversal", "restarts", "transfer", "triangles",
+                                       "limbs_chords"}
     assert set(results["hull_stats"]) >= {"p_src", "mean", "frac_above_0.2", "edge_min"}
     # every triangle starts at its source: grid row 0 is the source's own confidence
     np.testing.assert_allclose(all_confs["hull_confs"][:, :, 0], results["init_confs"], atol=1e-4)
@@ -187,6 +188,8 @@ BAD_INPUTS = [
      "unknown model 'resnet20-normal' for shapes"),
     (["smallcnn-normal", "shapes", "--examples", "--diversity", "0.1"], "needs --restarts >= 2"),
     (["smallcnn-normal", "shapes", "--examples", "--restarts", "0"], "--restarts must be positive"),
+    (["smallcnn-normal", "shapes", "--examples", "--get_layers", "--layers", "features.3", "head"],
+     "--layers: layer 'head' is not a module of the model"),
     (["smallcnn-normal", "shapes", "--full_eval", "--matched_fractions", "0.5", "1"],
      r"--matched_fractions must be in \(0, 1\)"),
 ]
