@@ -274,25 +274,40 @@ def animate_path(results: dict, class_names: Sequence[str], source: int, target:
     return path
 
 
+def _band_line(ax, x: np.ndarray, mean: np.ndarray, low: np.ndarray, high: np.ndarray,
+               label: str, marker: str | None = None) -> None:
+    """One run's mean line with its 95% band (same colour, translucent)."""
+    line, = ax.plot(x, mean, marker=marker, linewidth=1.8, label=textwrap.fill(label, 45))
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
+
+
+def _finish_fraction_plot(fig, ax, xlabel: str, ylabel: str, title: str, path: Path,
+                          legend: str = "best") -> Path:
+    """Labels, a [0,1] y-axis, legend and title; save."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, loc=legend)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_delta_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
                       deltas: np.ndarray, path: Path) -> Path:
     """The delta curve: fraction of triangle points with p > p_src - delta against delta, one
     line per run (label, mean, low, high over deltas) with its 95% band over sources."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, mean, low, high in curves:
-        line, = ax.plot(deltas, mean, linewidth=1.8, label=textwrap.fill(label, 45))
-        ax.fill_between(deltas, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
+        _band_line(ax, deltas, mean, low, high, label)
     ax.set_xscale("symlog", linthresh=1e-3, linscale=0.4)  # most of the change is at small delta
     ax.set_xticks([0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1])
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.set_xlabel(r"$\delta$ (linear below 0.001, logarithmic above)")
-    ax.set_ylabel(r"fraction of points with $p > p_{src} - \delta$")
     ax.set_xlim(0, 1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title("Confidence over triangles (mean over sources, 95% bootstrap band)", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish_fraction_plot(
+        fig, ax, r"$\delta$ (linear below 0.001, logarithmic above)",
+        r"fraction of points with $p > p_{src} - \delta$",
+        "Confidence over triangles (mean over sources, 95% bootstrap band)", path, "lower right")
 
 
 def plot_matched_curves(curves: Sequence[tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray]],
@@ -302,19 +317,12 @@ def plot_matched_curves(curves: Sequence[tuple[str, list[str], np.ndarray, np.nd
     per run (label, fractions, mean, low, high) with its 95% band over sources."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, fractions, mean, low, high in curves:
-        x = np.arange(len(fractions))
-        line, = ax.plot(x, mean, marker="o", linewidth=1.8, label=textwrap.fill(label, 45))
-        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
+        _band_line(ax, np.arange(len(fractions)), mean, low, high, label, marker="o")
     longest = max((c[1] for c in curves), key=len)
     ax.set_xticks(np.arange(len(longest)), [f if f == "final" else f"f = {f}" for f in longest])
-    ax.set_xlabel("progress towards the target, 1 - |x - x_t| / |x_s - x_t|")
-    ax.set_ylabel(what)
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title("Convexity at matched progress (mean over sources, 95% bootstrap band)",
-                 fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish_fraction_plot(
+        fig, ax, "progress towards the target, 1 - |x - x_t| / |x_s - x_t|", what,
+        "Convexity at matched progress (mean over sources, 95% bootstrap band)", path)
 
 
 def plot_layer_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
@@ -324,16 +332,11 @@ def plot_layer_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, np.nda
     target's."""
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, depth, mean, low, high in curves:
-        line, = ax.plot(depth, mean, marker="o", linewidth=1.8, label=textwrap.fill(label, 45))
-        ax.fill_between(depth, low, high, color=line.get_color(), alpha=0.25, linewidth=0)
-    ax.set_xlabel("relative depth of the layer (input side 0, head side 1)")
-    ax.set_ylabel("layer score (1 = like the source, 0 = like the target)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title("Where blind spots become the source (mean over pairs, 95% band over sources)",
-                 fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+        _band_line(ax, depth, mean, low, high, label, marker="o")
+    return _finish_fraction_plot(
+        fig, ax, "relative depth of the layer (input side 0, head side 1)",
+        "layer score (1 = like the source, 0 = like the target)",
+        "Where blind spots become the source (mean over pairs, 95% band over sources)", path)
 
 
 def plot_examples(results: dict, class_names: Sequence[str], out_dir: Path, stem: str,

@@ -154,23 +154,25 @@ def test_quiet_keeps_only_warnings_and_the_summary(tmp_path):
     assert all(line.startswith("LPIPS is NaN") for line in proc.stderr.strip().splitlines())
 
 
-def test_matched_progress_and_restart_tables(tmp_path, capsys):
-    """A full_eval with --matched_fractions and --restarts gives Tables 2c and 4, and --plot
-    draws chords kept against f beside the delta curve."""
+def test_matched_progress_restart_and_layer_tables(tmp_path, capsys):
+    """A full_eval with --matched_fractions, --restarts and --get_layers gives Tables 2c, 4 and
+    5, and --plot draws chords kept against f and the layer scores beside the delta curve."""
     out = tmp_path / "runs"
     assert cli.main(["smallcnn-normal", "shapes", "--full_eval", "--num_samples", "4",
                      "--rounds", "3", "--iters", "20", "--get_final_imgs", "--restarts", "2",
-                     "--matched_fractions", "0.25", "0.5", "--out_dir", str(out), "--quiet"]) == 0
+                     "--matched_fractions", "0.25", "0.5", "--get_layers", "--out_dir", str(out),
+                     "--quiet"]) == 0
     figure = tmp_path / "delta.png"
     assert print_tables.main([str(out), "--plot", str(figure)]) == 0
     printed = capsys.readouterr().out
-    assert "Table 2c" in printed and "Table 4" in printed
+    assert "Table 2c" in printed and "Table 4" in printed and "Table 5" in printed
+    assert "features.16" in printed  # SmallCNN's last default layer
     rows = [line.split() for line in printed.splitlines() if line.startswith("SmallCNN")]
     assert [r[2] for r in rows if len(r) > 2 and r[2] in ("0.25", "0.5", "final")] == [
         "0.25", "0.5", "final"]
-    for png in (figure, tmp_path / "delta_matched.png"):
+    for png in (figure, tmp_path / "delta_matched.png", tmp_path / "delta_layers.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [r for r in table_records([load_run(p) for p in out.glob("*.pkl")])
-               if r["table"] in ("2c", "4")]
-    assert {r["table"] for r in records} == {"2c", "4"}
+               if r["table"] in ("2c", "4", "5")]
+    assert {r["table"] for r in records} == {"2c", "4", "5"}
     assert all(0 <= r["reached f"] <= 1 for r in records if r["table"] == "2c")
