@@ -380,11 +380,10 @@ def test_schedule_settings_refuse_values_that_mean_nothing(bad):
         lst.LSTSettings(**bad)
 
 
-def test_a_walk_that_can_get_no_closer_stops_when_it_stalls():
-    """Two classes of a linear model: the gradient is always along u = w0 - w1, so the part of
-    x_t - x along u can never be walked. The distance left tends to that floor; the adaptive
-    walk stops once it gains less than stall_tolerance over stall_steps steps, near the floor
-    and long before its budget."""
+def unreachable_floor(offset: float):
+    """Two classes of a linear model: the gradient is always along u = w0 - w1, so the part
+    `offset` of x_t - x along u can never be walked. Returns (model, sources, labels, targets,
+    floor), floor (4,) the distance left that no walk can go below."""
     g = torch.Generator().manual_seed(0)
     dim = 3 * 8 * 8
     weight = torch.randn(2, dim, generator=g) * 0.05
@@ -393,9 +392,17 @@ def test_a_walk_that_can_get_no_closer_stops_when_it_stalls():
     sources = 0.5 + 0.1 * (torch.rand(4, 3, 8, 8, generator=g) - 0.5)
     shift = 0.1 * (torch.rand(4, dim, generator=g) - 0.5)
     shift -= (shift @ u).view(-1, 1) * u
-    targets = sources + (shift + 0.02 * u).view_as(sources)  # 0.02 along u: unreachable
-    labels = correctly_classified(model, sources)
-    floor = 0.02 / (shift + 0.02 * u).norm(dim=1)
+    targets = sources + (shift + offset * u).view_as(sources)
+    floor = offset / (shift + offset * u).norm(dim=1)
+    return model, sources, correctly_classified(model, sources), targets, floor
+
+
+def test_a_walk_that_can_get_no_closer_stops_when_it_stalls():
+    """Two classes of a linear model: the gradient is always along u = w0 - w1, so the part of
+    x_t - x along u can never be walked. The distance left tends to that floor; the adaptive
+    walk stops once it gains less than stall_tolerance over stall_steps steps, near the floor
+    and long before its budget."""
+    model, sources, labels, targets, floor = unreachable_floor(0.02)
     res = lst.level_set_traversal(model, sources, labels, targets, iters=400, init_noise=0.0,
                                   pthresh=0.5, step_size=0.01, schedule="adaptive",
                                   stall_steps=20, stall_tolerance=0.02)
@@ -452,18 +459,8 @@ def test_a_walk_that_stops_short_of_f_is_reported_as_not_reaching_it():
     """The stalling walk of a linear model (an unreachable floor of distance left) stops under
     the adaptive schedule: fractions beyond 1 - floor are -1 for every sample; those below are
     reached, and their iterate is one the walk passed (progress >= f)."""
-    g = torch.Generator().manual_seed(0)
-    dim = 3 * 8 * 8
-    weight = torch.randn(2, dim, generator=g) * 0.05
-    model = linear_classifier(weight, torch.zeros(2))
-    u = (weight[0] - weight[1]) / (weight[0] - weight[1]).norm()
-    sources = 0.5 + 0.1 * (torch.rand(4, 3, 8, 8, generator=g) - 0.5)
-    shift = 0.1 * (torch.rand(4, dim, generator=g) - 0.5)
-    shift -= (shift @ u).view(-1, 1) * u
-    targets = sources + (shift + 0.04 * u).view_as(sources)
-    labels = correctly_classified(model, sources)
-    floor = 0.04 / (shift + 0.04 * u).norm(dim=1)
-    assert (floor > 0.1).all() and (floor < 0.5).all()
+    model, sources, labels, targets, floor = unreachable_floor(0.04)
+    assert (floor > 0.06).all() and (floor < 0.5).all()  # f = 0.95 is out of reach
     fractions = (0.5, 0.95)
     for schedule in ("fixed", "adaptive"):
         res = lst.level_set_traversal(model, sources, labels, targets, iters=300, init_noise=0.0,
