@@ -40,7 +40,7 @@ TABLE2C = [("reached f", "reached")] + [
 TABLE3 = ["as source", "as target", "as other", "B's p(source)"]
 TABLE3_IMAGES = (("blind spots", "transfer_"), ("raw targets", "transfer_baseline_"),
                  ("straight line at f", "transfer_line_"))
-TABLE4 = ([("spread |a-b|/|xs-xt|", "spread")]
+TABLE4 = ([("spread (pairwise/span)", "spread")]
           + [(f"chords kept d={d:g}", f"chords_kept_{d:g}") for d in SEGMENT_DELTAS]
           + [("distance left", "distance_left"), ("std final conf.", "final_confs_std"),
              ("std L2", "l2_std"), ("std SSIM", "ssim_std"),
@@ -375,10 +375,13 @@ def matched_curves(runs: list[Run], key: str = "chords_kept_0.05"
                    ) -> list[tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray]]:
     """(label, fractions, mean, low, high) for every full_eval with matched_stats: `key` of
     Table 2c at each fraction (and "final"), mean over sources with its 95% bootstrap
-    interval over sources."""
+    interval over sources. The label says where the blind spots are: their mean progress."""
     with_stats = [r for r in runs if r.kind == "full_eval" and "matched_stats" in r.results]
     out = []
     for label, run in zip(labels(with_stats), with_stats):
+        use, _ = _pair_columns(run)
+        progress = 1 - np.asarray(run.results["distance_left"], dtype=np.float64)[use].mean()
+        label = f"{label} (blind spots at f = {progress:.2f})"
         stats = run.results["matched_stats"]
         fractions = list(stats)
         cells = [estimate(stats[f].get(key, np.full(len(stats[f]["reached"]), np.nan)))

@@ -10,7 +10,8 @@ Names are ARCH-TYPE, TYPE `normal` or `linf` (adversarially trained):
   cifar10   wideresnet-normal              RobustBench Standard (WRN-28-10)
             wideresnet-linf                RobustBench Wu2020Adversarial_extra (WRN-28-10)
             resnet20-normal, resnet20-linf this project's own, trained by models.train
-            vit-normal                     this project's own small ViT (timm), models.train
+            vit-normal, vit-linf           this project's own small ViT (timm), models.train
+                                           (vit-linf: fine-tuned from vit-normal with PGD-2)
   shapes    smallcnn-normal, smallcnn-linf this project's own, shipped in models/weights
 
 Every model comes back in eval mode with frozen parameters, on `device`, taking [0,1] images
@@ -54,7 +55,7 @@ ROBUSTBENCH_MODELS = {  # (dataset, name) -> (RobustBench dataset, model name, p
 }
 OWN_MODELS = {  # dataset -> names of the project's own models
     "shapes": ("smallcnn-normal", "smallcnn-linf"),
-    "cifar10": ("resnet20-normal", "resnet20-linf", "vit-normal"),
+    "cifar10": ("resnet20-normal", "resnet20-linf", "vit-normal", "vit-linf"),
 }
 
 
