@@ -354,13 +354,6 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
                 f"{spread}; baselines: the raw targets, and the straight line x_s + f (x_t - "
                 "x_s) at each blind spot's own progress f",
                 table(rows["3"], HEADS["3"] + TABLE3)]
-    if rows["5"]:
-        out += ([""] if out else []) + [
-                "Table 5: inside the network. Layer score d_t / (d_s + d_t), cosine distances of "
-                "the layer's representation to the source's and the target's: 1 = like the "
-                "source, 0 = like the target; at the blind spot and along the recorded path; "
-                f"{spread} over kept pairs",
-                table(rows["5"], HEADS["5"] + COLUMNS["5"])]
     if rows["4"]:
         out += ([""] if out else []) + [
                 "Table 4: K walks per pair (--restarts). spread: mean pairwise distance of a "
@@ -368,6 +361,13 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
                 "above p0 - delta; distance left (mean over restarts); std: across the K "
                 f"restarts of a pair; {spread} over pairs",
                 table(rows["4"], HEADS["4"] + [h for h, _ in TABLE4])]
+    if rows["5"]:
+        out += ([""] if out else []) + [
+                "Table 5: inside the network. Layer score d_t / (d_s + d_t), cosine distances of "
+                "the layer's representation to the source's and the target's: 1 = like the "
+                "source, 0 = like the target; at the blind spot and along the recorded path; "
+                f"{spread} over kept pairs",
+                table(rows["5"], HEADS["5"] + COLUMNS["5"])]
     return "\n".join(out)
 
 
