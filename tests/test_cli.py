@@ -266,7 +266,8 @@ def test_every_settings_field_reaches_the_settings_from_its_flag():
                           width_distances=(0.5, 3.0), width_directions=9, seed=4,
                           precision="bf16", schedule="adaptive", step_grow=2.0, step_shrink=0.25,
                           step_max=0.8, step_min=0.005, stop_distance=0.05, stall_steps=7,
-                          stall_tolerance=0.1, corrector=True)
+                          stall_tolerance=0.1, corrector=True, diversity=0.2,
+                          matched_fractions=(0.5, 0.9), layers=("features.3",))
     assert all(getattr(changed, f.name) != getattr(LSTSettings(), f.name) for f in fields(LSTSettings))
     argv = ["smallcnn-normal", "shapes", "--examples", "--step_size", "0.5", "--iters", "7",
             "--pthresh", "0.3", "--adv_pert", "--adv_step_size", "0.01", "--init_noise", "0.1",
@@ -275,7 +276,8 @@ def test_every_settings_field_reaches_the_settings_from_its_flag():
             "--precision", "bf16", "--schedule", "adaptive", "--step_grow", "2",
             "--step_shrink", "0.25", "--step_max", "0.8", "--step_min", "0.005",
             "--stop_distance", "0.05", "--stall_steps", "7", "--stall_tolerance", "0.1",
-            "--corrector"]
+            "--corrector", "--diversity", "0.2", "--matched_fractions", "0.9", "0.5",
+            "--get_layers", "--layers", "features.3"]
     assert cli.lst_settings(cli.parse_args(argv)) == changed
 
 
