@@ -58,11 +58,11 @@ def test_table3_counts_what_each_judge_says(mixed_folder):
                if "transfer_models" in load_run(p).results)
     res = run.results
     rows = table_rows([run])["3"]
-    assert [r[2] for r in rows] == ["SmallCNN (AT) (itself)"] * 2 + ["SmallCNN"] * 2
-    assert [r[3] for r in rows] == ["blind spots", "raw targets"] * 2
+    assert [r[2] for r in rows] == ["SmallCNN (AT) (itself)"] * 3 + ["SmallCNN"] * 3
+    assert [r[3] for r in rows] == ["blind spots", "raw targets", "straight line at f"] * 2
     kept = res["kept"]
-    for row, (j, prefix) in zip(rows, [(0, "transfer_"), (0, "transfer_baseline_"),
-                                       (1, "transfer_"), (1, "transfer_baseline_")]):
+    prefixes = ("transfer_", "transfer_baseline_", "transfer_line_")
+    for row, (j, prefix) in zip(rows, [(j, prefix) for j in (0, 1) for prefix in prefixes]):
         pred = res[f"{prefix}pred"][..., j][kept]
         source = np.broadcast_to(res["labels"][:, None], kept.shape)[kept]
         target = res["target_labels"][kept]
