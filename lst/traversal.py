@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import sample_generator
-from .layers import layer_scores, representations, resolve_layers, scores_from
 from .confidence import class_confidence_of, in_eval_mode, model_device, predict, probabilities
+from .layers import representations, resolve_layers, scores_from
 from .precision import PRECISIONS, autocast, check_precision, model_input
 from .progress import progress_bar
 from .widths import path_widths
@@ -174,9 +174,9 @@ class LSTSettings:
 
     def as_dict(self, complete: bool = False) -> dict:
         """The settings as plain values (tuples as lists), for results files and run keys.
-        Unless `complete`, the fixed schedule leaves out the schedule's fields, and diversity
-        and matched_fractions are left out while off, so runs of the paper's algorithm keep
-        the run ids they had before these settings existed."""
+        Unless `complete`, the fixed schedule leaves out the schedule's fields, and diversity,
+        matched_fractions, get_layers and layers are left out while off, so runs of the paper's
+        algorithm keep the run ids they had before these settings existed."""
         values = dict(asdict(self), width_distances=list(self.width_distances),
                       matched_fractions=list(self.matched_fractions), layers=list(self.layers))
         if not complete:
@@ -463,7 +463,9 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
             m_images, m_iters, m_confs = _record_matched(0, x, conf, xt, span, fractions,
                                                          m_images, m_iters, m_confs)
         # each walking sample's source and target representations, lists over layers of (B,D)
-        reference = [representations(model, t, layers) for t in (xs, xt)] if layers else None
+        # (every kept sample's, for the blind spots at the end: `kept_reference`)
+        reference = kept_reference = ([representations(model, t, layers) for t in (xs, xt)]
+                                      if layers else None)
         for i in progress_bar(range(settings.iters), desc="LST", disable=not progress,
                               leave=False):
             if adaptive:  # samples near their target, out of step size or stalled leave the batch
@@ -474,11 +476,10 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                     stop |= history[:, -1] - left < settings.stall_tolerance * history[:, -1]
                 if stop.any():
                     final[rows[stop]], final_confs[rows[stop]] = x[stop], conf[stop]
-                    if layers:  # its later recordings hold its last iterate's scores
-                        scores_over_path[rows[stop].cpu(), -(-i // settings.log_step):] = \
-                            scores_from(representations(model, x[stop], layers),
-                                        *[[r[stop] for r in ref] for ref in reference]
-                                        ).cpu().unsqueeze(1)
+                    stopped_scores = None
+                    if layers:
+                        stopped_scores = scores_from(representations(model, x[stop], layers),
+                                                     *[[r[stop] for r in ref] for ref in reference])
                         reference = [[r[~stop] for r in ref] for ref in reference]
                     if n_matched:
                         matched_images[rows[stop]] = m_images[stop]
@@ -488,7 +489,7 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                                           conf[stop], probs[stop].gather(1, yt[stop].view(-1, 1)),
                                           left[stop],
                                           confs_over_path, distance_over_path, images_over_path,
-                                          widths)
+                                          widths, stopped_scores, scores_over_path)
                     walking = ~stop
                     (x, xt, yk, yt, p0, adv, probs, grad, conf, step, span, stop_at, history,
                      rows, m_images, m_iters, m_confs) = (
@@ -555,7 +556,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         if precision != "fp32":  # the blind spots' confidences in float32, whatever the walk used
             final_confs[idx] = class_confidence_of(model, final[idx], y[idx])
         if layers:
-            final_scores[idx.cpu()] = layer_scores(model, final[idx], x_src[idx], x_tgt[idx], layers)
+            final_scores[idx.cpu()] = scores_from(representations(model, final[idx], layers),
+                                                  *kept_reference).cpu()
     return LSTResult(
         final_images=final.to(sources.device),
         kept=kept.cpu(),
@@ -638,10 +640,12 @@ def _record_until_the_end(rows: torch.Tensor, i: int, log_step: int, x: torch.Te
                           confs_over_path: torch.Tensor | None,
                           distance_over_path: torch.Tensor | None,
                           images_over_path: torch.Tensor | None,
-                          widths: torch.Tensor | None) -> None:
+                          widths: torch.Tensor | None,
+                          scores: torch.Tensor | None = None,
+                          scores_over_path: torch.Tensor | None = None) -> None:
     """A sample that stopped at iteration i stays where it is: its recordings from i on hold its
-    last iterate (confidences, distance left, image); its path widths there are NaN (not
-    measured)."""
+    last iterate (confidences, distance left, image, layer `scores` (B,L)); its path widths
+    there are NaN (not measured)."""
     first = -(-i // log_step)  # the first recording at or after iteration i
     if confs_over_path is not None and first < confs_over_path.shape[1]:
         confs_over_path[rows, first:, 0] = conf.cpu().view(-1, 1)
@@ -651,5 +655,7 @@ def _record_until_the_end(rows: torch.Tensor, i: int, log_step: int, x: torch.Te
         images_over_path[rows, first:] = (x * 255).round().to(torch.uint8).cpu().unsqueeze(1)
     if widths is not None:
         widths[rows, first:] = float("nan")
+    if scores_over_path is not None:
+        scores_over_path[rows, first:] = scores.cpu().unsqueeze(1)
 
 

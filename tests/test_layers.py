@@ -75,6 +75,24 @@ def test_the_walk_records_scores_at_its_iterates_and_blind_spots(images):
     assert torch.equal(plain.final_images, res.final_images)  # recording changes nothing
 
 
+def test_a_stopped_walk_keeps_its_last_scores(images):
+    """Under the adaptive schedule a walk that stops early holds its blind spot's scores in
+    every later recording."""
+    model = small_cnn(gain=100.0)
+    sources, targets = images
+    labels = lst.predict(model, sources)[0]
+    res = lst.level_set_traversal(model, sources, labels, targets, iters=60, step_size=0.2,
+                                  pthresh=0.2, log_step=5, layers=("1", "4", "7"),
+                                  schedule="adaptive", stop_distance=0.3)
+    stopped = (res.passes < 50).nonzero().flatten()
+    assert len(stopped) > 0  # the test means something only if some walks stopped early
+    for k in stopped.tolist():
+        last = (int(res.passes[k]) - 1 + 4) // 5  # the first recording after its stop
+        torch.testing.assert_close(res.layer_scores_over_path[k, last:],
+                                   res.layer_scores[k].expand_as(res.layer_scores_over_path[k, last:]),
+                                   atol=1e-5, rtol=0)
+
+
 def test_default_layers_per_architecture():
     assert default_layers(ResNet20())[-1] == "features.13"
     assert default_layers(SmallCNN())[0] == "features.3"
