@@ -523,15 +523,14 @@ def _matched_stats(model: nn.Module, dataset: Dataset, pool: np.ndarray, matched
     that did (NaN for a source with fewer than two). Adds the time to seconds["matched"].
     """
     n, rounds = matched_iters.shape[:2]
-    out = {}
+    rows: list[list[dict]] = [[] for _ in fractions]  # per fraction, one dict per source
     clock = time.time()
-    for f, fraction in enumerate(fractions):
-        rows = []
-        for i in progress_bar(range(n), desc=f"matched f={fraction:g}", leave=False):
+    for i in progress_bar(range(n), desc="matched progress", leave=False):
+        image, label = dataset[int(pool[i])]
+        for f in range(len(fractions)):
             reached = np.flatnonzero(matched_iters[i, :, f] >= 0)
             row = {"reached": len(reached) / rounds}
             if len(reached) >= 2:
-                image, label = dataset[int(pool[i])]
                 spots = torch.from_numpy(np.asarray(matched[i, reached, f])).float() / 255
                 pairs = list(combinations(range(len(reached)), 2))
                 triangles = source_hull_confidences(model, image, label, spots, pairs,
@@ -539,8 +538,8 @@ def _matched_stats(model: nn.Module, dataset: Dataset, pool: np.ndarray, matched
                 limbs, chords = limbs_and_chords(model, image, label, spots, pairs, triangles,
                                                  hull_chunk, precision)
                 row.update(kept_stats(limbs.numpy(), chords.numpy(), triangles.numpy()))
-            rows.append(row)
-        out[f"{fraction:g}"] = _columns(rows)
+            rows[f].append(row)
+    out = {f"{fraction:g}": _columns(per_source) for fraction, per_source in zip(fractions, rows)}
     out["final"] = _columns([{"reached": 1.0, **kept_stats(all_confs["limb_confs"][i],
                                                            all_confs["chord_confs"][i],
                                                            all_confs["hull_confs"][i])}
