@@ -186,7 +186,8 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
     fill in the dataset's default classes. Returns the LST settings of the flags."""
     root = data_root(args)
     info = check_root(args.dataset, root)  # a folder's classes: its folders, or classes.txt
-    for name in ("iters", "batch_size", "num_samples", "rounds", "restarts"):  # the settings check the rest
+    # the settings check the rest
+    for name in ("iters", "batch_size", "num_samples", "rounds", "restarts"):
         if getattr(args, name) <= 0:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
     if not (math.isfinite(args.adv_step_size) and args.adv_step_size > 0):  # even unused

@@ -25,8 +25,9 @@ from .confidence import model_device
 def default_layers(model: nn.Module) -> list[str]:
     """A sensible set of layers from input to head, by architecture: a module's own
     `lst_layers` (names relative to it; the project's CNNs declare their stages and penultimate
-    layer), else a transformer's patch embedding, blocks (`blocks.0`, ...) and final norm, else a ResNet's stages
-    (`layer1`..`layer4`, or `block1`..`block3` of a WideResNet) and its pooling. Names are full
+    layer), else a transformer's patch embedding, blocks (`blocks.0`, ...) and final norm, else
+    a ResNet's stages (`layer1`..`layer4`, or `block1`..`block3` of a WideResNet) and its
+    pooling. Names are full
     `named_modules` names (a wrapper's prefix included). ValueError if none of these applies."""
     modules = dict(model.named_modules())
     for prefix, module in modules.items():

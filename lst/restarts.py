@@ -68,7 +68,10 @@ def restart_stats(results: dict, use: np.ndarray,
     stats = {"spread": np.asarray(results["restart_spread"], dtype=np.float64)[use]}
     for d in deltas:
         stats[f"chords_kept_{d:g}"] = (chords.min(axis=2) > p0[use][:, None] - d).mean(axis=1)
-    stats["distance_left"] = np.asarray(results["restart_distance_left"], dtype=np.float64)[use].mean(axis=1)
+    def per_restart(name: str) -> np.ndarray:  # (P,K)
+        return np.asarray(results[f"restart_{name}"], dtype=np.float64)[use]
+
+    stats["distance_left"] = per_restart("distance_left").mean(axis=1)
     for name in ("final_confs", "l2", "ssim", "distance_left"):
-        stats[f"{name}_std"] = np.asarray(results[f"restart_{name}"], dtype=np.float64)[use].std(axis=1)
+        stats[f"{name}_std"] = per_restart(name).std(axis=1)
     return stats

@@ -2,7 +2,8 @@
 tell runs apart.
 
 A `Run` is one results file of this tool: a full_eval (`..._fulleval_dict.pkl`, Tables 1, 2, 2b,
-2c (geometry at matched progress), 3, 4 (restarts) and 5 (layer scores)), an examples run (`..._examples_dict.pkl`, Table 1 over its example pairs, Table 3), or a
+2c (geometry at matched progress), 3, 4 (restarts) and 5 (layer scores)), an examples run
+(`..._examples_dict.pkl`, Table 1 over its example pairs, Tables 3, 4 and 5), or a
 full_eval's companion (`..._all_confs.pkl`, triangle confidences: the delta curve; no row of its
 own). Every cell is a mean with ± std or its 95% bootstrap interval over sources, and every
 row says its n: sources and pairs.
@@ -180,7 +181,8 @@ COLUMNS = {"1": [h for h, _ in TABLE1], "examples": [h for h, _ in TABLE1],
 def table_cells(runs: list[Run], ci: bool = False) -> dict[str, list[tuple[list, list]]]:
     """Every table these runs allow, by table: "1" (full_eval), "2" (triangles), "2b" (limbs
     and chords), "2c" (limbs, chords and triangles at matched progress, a row per fraction),
-    "3" (transfer), "4" (restarts), "examples" (Table 1 over example pairs). Each row is
+    "3" (transfer), "4" (restarts), "5" (layer scores), "examples" (Table 1 over example
+    pairs). Each row is
     (head, estimates): head as HEADS[table] (Tables 2 and 2b: pairs = triangles, chords; 2c:
     sources with two walks at f), estimates (`lst.uncertainty.Estimate`, with the 95% interval
     over sources when ci) in COLUMNS[table] order. all_confs runs give no row."""
@@ -251,8 +253,7 @@ def layer_curves(runs: list[Run]) -> list[tuple[str, np.ndarray, np.ndarray, np.
         scores = np.asarray(run.results["layer_scores"], dtype=np.float64)[use]
         cells = [estimate(scores[:, k], sources[use]) for k in range(scores.shape[1])]
         depth = np.arange(scores.shape[1]) / max(scores.shape[1] - 1, 1)
-        out.append((label, depth, *(np.array([getattr(c, f) for c in cells])
-                                    for f in ("mean", "low", "high"))))
+        out.append((label, depth, *_band(cells)))
     return out
 
 
@@ -386,8 +387,7 @@ def matched_curves(runs: list[Run], key: str = "chords_kept_0.05"
         fractions = list(stats)
         cells = [estimate(stats[f].get(key, np.full(len(stats[f]["reached"]), np.nan)))
                  for f in fractions]
-        out.append((label, fractions, *(np.array([getattr(c, f) for c in cells])
-                                        for f in ("mean", "low", "high"))))
+        out.append((label, fractions, *_band(cells)))
     return out
 
 
@@ -400,6 +400,11 @@ def delta_curves(runs: list[Run]) -> list[tuple[str, np.ndarray, np.ndarray, np.
     for label, run in zip(labels(with_confs), with_confs):
         per_source = delta_curve(run.results["hull_confs"])
         cells = [estimate(per_source[:, k]) for k in range(len(DELTA_CURVE))]
-        out.append((label, *(np.array([getattr(c, f) for c in cells])
-                             for f in ("mean", "low", "high"))))
+        out.append((label, *_band(cells)))
     return out
+
+
+def _band(cells: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A curve's estimates (`lst.uncertainty.Estimate`, one per point) as its mean, low and
+    high arrays."""
+    return tuple(np.array([getattr(c, f) for c in cells]) for f in ("mean", "low", "high"))
