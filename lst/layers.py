@@ -9,7 +9,8 @@ distance, d(a, b) = 1 - cos(a, b):
 
 in [0, 1]: 1 at the source and 0 at the target by construction, 0.5 where the two are equally
 far (and where h(x_s) = h(x_t)). Cosine distance ignores the representation's scale, which
-changes from layer to layer and between models.
+changes from layer to layer and between models. The name "input" stands for the image itself
+(its pixels, a layer at depth 0): where the walk has got to before the network sees it.
 """
 from __future__ import annotations
 
@@ -21,14 +22,21 @@ from torch import nn
 from .batching import chunks, image_chunk
 from .confidence import model_device
 
+INPUT = "input"  # the image itself, as a layer
+
 
 def default_layers(model: nn.Module) -> list[str]:
-    """A sensible set of layers from input to head, by architecture: a module's own
+    """A sensible set of layers from input to head, by architecture, after "input" (the
+    pixels): a module's own
     `lst_layers` (names relative to it; the project's CNNs declare their stages and penultimate
     layer), else a transformer's patch embedding, blocks (`blocks.0`, ...) and final norm, else
     a ResNet's stages (`layer1`..`layer4`, or `block1`..`block3` of a WideResNet) and its
     pooling. Names are full
     `named_modules` names (a wrapper's prefix included). ValueError if none of these applies."""
+    return [INPUT] + _architecture_layers(model)
+
+
+def _architecture_layers(model: nn.Module) -> list[str]:
     modules = dict(model.named_modules())
     for prefix, module in modules.items():
         declared = getattr(module, "lst_layers", None)
@@ -56,11 +64,11 @@ def default_layers(model: nn.Module) -> list[str]:
 
 def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[str]:
     """The layers to record: `names`, or `default_layers(model)` when empty. ValueError naming
-    the first name that is not a module of the model, and some names that are."""
+    the first name that is neither a module of the model nor "input", and some names that are."""
     if not names:
         return default_layers(model)
     modules = dict(model.named_modules())
-    missing = [n for n in names if n not in modules or n == ""]
+    missing = [n for n in names if n != INPUT and (n not in modules or n == "")]
     if missing:
         raise ValueError(f"layer {missing[0]!r} is not a module of the model (its modules "
                          f"include {', '.join(_some_names(model))})")
@@ -81,7 +89,8 @@ def representations(model: nn.Module, images: torch.Tensor, layers: Sequence[str
                     chunk_size: int = 64) -> list[torch.Tensor]:
     """The outputs of the named modules for (N,C,H,W) images in [0,1], in float32, one
     (N, D_layer) tensor per layer on the model's device (flattened; a tuple output's first
-    element). Evaluated `chunk_size` images at a time (fewer for large images)."""
+    element; "input": the images' pixels). Evaluated `chunk_size` images at a time (fewer for
+    large images)."""
     device = model_device(model)
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
@@ -92,12 +101,15 @@ def representations(model: nn.Module, images: torch.Tensor, layers: Sequence[str
             captured[name] = output.detach().float().flatten(1)
         return keep
 
-    handles = [modules[name].register_forward_hook(hook(name)) for name in layers]
+    handles = [modules[name].register_forward_hook(hook(name)) for name in layers
+               if name != INPUT]
     parts: list[list[torch.Tensor]] = [[] for _ in layers]
     try:
         for part in chunks(len(images), image_chunk(chunk_size, images[0].numel())):
             captured.clear()
-            model(images[part].to(device, torch.float32))
+            x = images[part].to(device, torch.float32)
+            captured[INPUT] = x.flatten(1)
+            model(x)
             for k, name in enumerate(layers):
                 parts[k].append(captured[name])
     finally:

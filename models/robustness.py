@@ -4,12 +4,14 @@ trainer's PGD-20 figure uses.
 
     python -m models.robustness resnet20-linf cifar10 --data_path ../shared/data/cifar10
     python -m models.robustness vit-linf cifar10 --data_path ../shared/data/cifar10 \\
-        --attacks apgd-ce apgd-t      # the reduced version: APGD-CE and APGD-T only
+        --attacks apgd-ce apgd-t      # reduced: APGD-CE and APGD-T, standard parameters
 
 The standard version runs APGD-CE, APGD-T (9 target classes), FAB-T and Square (5,000
-queries), each on the images still robust. Resumable: OUT.state.json records the attacks done
-and the images still robust after each, and a rerun of the same command goes on from it. Writes OUT (JSON: model, attacks, images, clean and robust accuracy,
-seconds) atomically.
+queries), each on the images still robust; `--attacks` runs the first of them with the same
+parameters (the reduced version). Resumable: OUT.state.json records the attacks done, their
+seconds and the images still robust after each, and a rerun goes on from it (a reduced rerun
+also from a standard run stopped after those attacks). Writes OUT (JSON: model, version,
+attacks, images, clean and robust accuracy, seconds) atomically.
 """
 from __future__ import annotations
 
@@ -41,46 +43,56 @@ def autoattack_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: to
                         batch_size: int = 250, state_path: Path | None = None,
                         seed: int = 0) -> dict:
     """AutoAttack's robust accuracy of `model` (on [0,1] images, in eval mode) on (N,C,H,W)
-    float images in [0,1] with (N,) labels: the standard version's attacks and parameters when
-    `attacks` is STANDARD, else those attacks alone (AutoAttack's "custom" version). As
-    AutoAttack does, each attack runs on the images still robust; after each, the robust flags
-    go to `state_path` (JSON, atomically), and a call with an existing state file for the same
-    attacks and images goes on after the last attack done (pyautoattack 0.2.0's own state file
-    cannot be resumed: it compares a set with the list it reads back). Returns clean_acc,
-    robust_acc (fractions of N), the attacks and the version."""
-    version = "standard" if tuple(attacks) == STANDARD else "custom"
-    adversary = AutoAttack(model, attacks=None if version == "standard" else list(attacks),
-                           device=model_device(model), eps=eps, norm="Linf", seed=seed,
-                           version=version)
+    float images in [0,1] with (N,) labels, with the standard version's parameters (APGD-CE one
+    restart, APGD-T and FAB-T nine target classes, Square 5,000 queries): all four attacks
+    (version "standard") or the given ones in the standard order ("reduced"; AutoAttack's own
+    "custom" version would run APGD-CE with five restarts instead). As AutoAttack does, each
+    attack runs on the images still robust; after each, the robust flags and the attack's
+    seconds go to `state_path` (JSON, atomically). A call with an existing state file for the
+    same images goes on after the attacks done, which must be the first of `attacks` (so a
+    reduced run can resume a standard one stopped after its first attacks); pyautoattack 0.2.0's
+    own state file cannot be resumed (it compares a set with the list it reads back). Returns
+    clean_acc, robust_acc (fractions of N), the attacks, the version and the attacks' seconds."""
+    unknown = set(attacks) - set(STANDARD)
+    if unknown:
+        raise ValueError(f"unknown attacks {sorted(unknown)}; choose among {STANDARD}")
+    attacks = tuple(a for a in STANDARD if a in attacks)
+    adversary = AutoAttack(model, device=model_device(model), eps=eps, norm="Linf", seed=seed,
+                           version="standard")
     device = model_device(model)
     with torch.no_grad():
         predicted = torch.cat([model(images[part].to(device)).argmax(1).cpu()
                                for part in chunks(len(images), batch_size)])
-    identity = {"attacks": list(attacks), "images": len(images), "eps": eps,
-                "labels": labels.tolist()}
-    state = {**identity, "done": [], "robust": (predicted == labels).tolist()}
+    identity = {"images": len(images), "eps": eps, "labels": labels.tolist()}
+    state = {**identity, "done": [], "seconds": {}, "robust": (predicted == labels).tolist()}
     if state_path is not None and state_path.exists():
         saved = json.loads(state_path.read_text())
         if {k: saved.get(k) for k in identity} != identity:
             raise DataError(f"{state_path} holds another evaluation; delete it to start over")
-        state = saved
+        if list(attacks[:len(saved["done"])]) != saved["done"]:
+            raise DataError(f"{state_path} has run {', '.join(saved['done'])}, not the first of "
+                            f"{', '.join(attacks)}; delete it to start over")
+        state = {"seconds": {}, **saved}
     clean = float(predicted.eq(labels).float().mean())
     robust = torch.tensor(state["robust"])
     for attack in attacks:
         if attack in state["done"]:
             continue
+        started = time.time()
         still = robust.nonzero().flatten()
         if len(still):
-            adversary.attacks_to_run = [attack]  # the version's parameters stay
+            adversary.attacks_to_run = [attack]  # the standard version's parameters stay
             _, predicted_adv = adversary.run_standard_evaluation(images[still], labels[still],
                                                                  batch_size=batch_size)
             robust[still] = predicted_adv.cpu().eq(labels[still])
-        state.update(done=state["done"] + [attack], robust=robust.tolist())
+        state.update(done=state["done"] + [attack], robust=robust.tolist(),
+                     seconds={**state["seconds"], attack: round(time.time() - started, 1)})
         if state_path is not None:
             atomic_write(state_path, lambda f: f.write(json.dumps(state).encode()))
         log.info("after %s: robust accuracy %.4f", attack, robust.float().mean().item())
     return {"clean_acc": clean, "robust_acc": robust.float().mean().item(),
-            "attacks": list(attacks), "version": version}
+            "attacks": list(attacks), "version": "standard" if attacks == STANDARD else "reduced",
+            "attack_seconds": state["seconds"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_path", default=None, help="the dataset's folder (cifar10)")
     p.add_argument("--samples", type=int, default=1000, help="evenly spaced test images")
     p.add_argument("--attacks", nargs="+", default=list(STANDARD), choices=STANDARD,
-                   help="default: the standard version (all four)")
+                   help="default: the standard version (all four); fewer: the reduced version")
     p.add_argument("--eps", type=float, default=8 / 255)
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

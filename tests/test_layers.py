@@ -41,6 +41,21 @@ def test_layer_scores_equal_a_direct_computation_with_hooks(images):
                                direct_scores(model, mixed, sources, targets, names), atol=1e-5)
 
 
+def test_the_input_layer_scores_the_pixels(images):
+    """"input" is the image itself: its score is the cosine ratio on the flattened pixels."""
+    model = small_cnn(gain=100.0)
+    sources, targets = images
+    mixed = 0.7 * sources + 0.3 * targets
+    h, h_s, h_t = (x.flatten(1).double().numpy() for x in (mixed, sources, targets))
+
+    def dist(a, b):
+        return 1 - (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    d_s, d_t = dist(h, h_s), dist(h, h_t)
+    np.testing.assert_allclose(layer_scores(model, mixed, sources, targets, ["input", "4"])[:, 0],
+                               d_t / (d_s + d_t), atol=1e-5)
+    assert resolve_layers(model, ["input", "4"]) == ["input", "4"]
+
+
 def test_the_score_is_one_at_the_source_and_zero_at_the_target(images):
     model = small_cnn(gain=100.0)
     sources, targets = images
@@ -95,13 +110,13 @@ def test_a_stopped_walk_keeps_its_last_scores(images):
 
 def test_default_layers_per_architecture():
     assert default_layers(ResNet20())[-1] == "features.13"
-    assert default_layers(SmallCNN())[0] == "features.3"
-    assert default_layers(vit()) == ["model.patch_embed"] + [f"model.blocks.{i}" for i in range(4)] + [
-        "model.fc_norm"]
-    assert default_layers(torchvision.models.resnet18()) == ["layer1", "layer2", "layer3",
-                                                             "layer4", "avgpool"]
+    assert default_layers(SmallCNN())[:2] == ["input", "features.3"]
+    assert default_layers(vit()) == ["input", "model.patch_embed"] + [
+        f"model.blocks.{i}" for i in range(4)] + ["model.fc_norm"]
+    assert default_layers(torchvision.models.resnet18()) == ["input", "layer1", "layer2",
+                                                             "layer3", "layer4", "avgpool"]
     deit = timm.create_model("deit_tiny_patch16_224", pretrained=False)
-    assert default_layers(deit)[1:3] == ["blocks.0", "blocks.1"]
+    assert default_layers(deit)[2:4] == ["blocks.0", "blocks.1"]
     with pytest.raises(ValueError, match="no default layers"):
         default_layers(small_cnn())  # a plain Sequential: name them
 

@@ -2,7 +2,9 @@
 state file."""
 import json
 
+import pytest
 
+from lst.data import DataError
 from lst.shapes import ShapesDataset
 from models import load_model
 from models.robustness import autoattack_accuracy, main
@@ -33,3 +35,25 @@ def test_the_command_writes_its_json(tmp_path, capsys):
     assert record["images"] == 4 and record["attacks"] == ["apgd-ce"]
     assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
     assert "robust accuracy" in capsys.readouterr().out
+
+
+def test_a_reduced_run_resumes_the_first_attacks_of_a_standard_one(tmp_path):
+    model = load_model("smallcnn-normal", "shapes")[0]
+    pixels, labels = in_memory(ShapesDataset("test", seed=0))
+    images, labels = pixels[:6].float() / 255, labels[:6]
+    state = tmp_path / "aa.state.json"
+    first = autoattack_accuracy(model, images, labels, attacks=("apgd-ce",), batch_size=6,
+                                state_path=state)
+    saved = json.loads(state.read_text())
+    assert saved["done"] == ["apgd-ce"] and set(saved["seconds"]) == {"apgd-ce"}
+    assert first["version"] == "reduced" and first["attacks"] == ["apgd-ce"]
+    # the state of a run whose attacks done are not the first requested ones is refused
+    state.write_text(json.dumps({**saved, "done": ["apgd-t"]}))
+    with pytest.raises(DataError, match="not the first of"):
+        autoattack_accuracy(model, images, labels, attacks=("apgd-ce",), batch_size=6,
+                            state_path=state)
+    # and so is another evaluation's
+    state.write_text(json.dumps({**saved, "eps": 0.1}))
+    with pytest.raises(DataError, match="another evaluation"):
+        autoattack_accuracy(model, images, labels, attacks=("apgd-ce",), batch_size=6,
+                            state_path=state)
