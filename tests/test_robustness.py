@@ -7,15 +7,19 @@ import pytest
 from lst.data import DataError
 from lst.shapes import ShapesDataset
 from models import load_model
-from models.robustness import autoattack_accuracy, main
+from models.robustness import STANDARD, autoattack_accuracy, main
 from models.train import in_memory
 
 
-def test_autoattack_counts_robust_images_and_resumes(tmp_path):
+def shapes_attack(count, tmp_path):
+    """The shipped normal SmallCNN, `count` shapes test images and labels, a state file path."""
     model = load_model("smallcnn-normal", "shapes")[0]
     pixels, labels = in_memory(ShapesDataset("test", seed=0))
-    images, labels = pixels[:8].float() / 255, labels[:8]
-    state = tmp_path / "aa.state.json"
+    return model, pixels[:count].float() / 255, labels[:count], tmp_path / "aa.state.json"
+
+
+def test_autoattack_counts_robust_images_and_resumes(tmp_path):
+    model, images, labels, state = shapes_attack(8, tmp_path)
     first = autoattack_accuracy(model, images, labels, attacks=("apgd-ce",), batch_size=8,
                                 state_path=state)
     assert first["clean_acc"] == 1.0 and first["robust_acc"] < 0.5  # the normal model breaks
@@ -38,15 +42,22 @@ def test_the_command_writes_its_json(tmp_path, capsys):
 
 
 def test_a_reduced_run_resumes_the_first_attacks_of_a_standard_one(tmp_path):
-    model = load_model("smallcnn-normal", "shapes")[0]
-    pixels, labels = in_memory(ShapesDataset("test", seed=0))
-    images, labels = pixels[:6].float() / 255, labels[:6]
-    state = tmp_path / "aa.state.json"
+    model, images, labels, state = shapes_attack(6, tmp_path)
     first = autoattack_accuracy(model, images, labels, attacks=("apgd-ce",), batch_size=6,
                                 state_path=state)
     saved = json.loads(state.read_text())
     assert saved["done"] == ["apgd-ce"] and set(saved["seconds"]) == {"apgd-ce"}
     assert first["version"] == "reduced" and first["attacks"] == ["apgd-ce"]
+    # the state of a standard run stopped after APGD-CE (as the first version of this module
+    # wrote it: the attack list, no seconds) is what a reduced run to APGD-CE reports, unattacked
+    state.write_text(json.dumps({**{k: v for k, v in saved.items() if k != "seconds"},
+                                 "attacks": list(STANDARD)}))
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    again = autoattack_accuracy(model, images, labels, attacks=("apgd-ce",), batch_size=6,
+                                state_path=state)
+    handle.remove()
+    assert again["robust_acc"] == first["robust_acc"] and len(calls) == 1  # the clean pass
     # the state of a run whose attacks done are not the first requested ones is refused
     state.write_text(json.dumps({**saved, "done": ["apgd-t"]}))
     with pytest.raises(DataError, match="not the first of"):
