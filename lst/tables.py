@@ -120,10 +120,12 @@ def row_labels(arguments: list[dict], base: list[str]) -> list[str]:
     'ResNet-20 (AT) pthresh=0.5', so that no two rows look alike."""
     names = sorted({k for a in arguments for k in a} - {"model", "dataset", "mode"})
     differing = [k for k in names if len({repr(a.get(k)) for a in arguments}) > 1]
-    # other models have other weights (and other judges): name these only where one model's
-    # runs differ
+    # other models have other weights (and other judges), and what a run measured besides its
+    # walks, or on how many sources (the tables show the count), does not change the walks:
+    # name these only where one model's runs differ
     implied = {"weights", "weights_file", "transfer_models", "transfer_weights",
-               "transfer_weights_files"}
+               "transfer_weights_files", "num_samples", "get_final_imgs", "matched_fractions",
+               "get_layers", "layers", "batch_size"}
     differing = [k for k in differing if k not in implied or any(
         len({repr(a.get(k)) for a in arguments if a.get("model") == m}) > 1
         for m in {a.get("model") for a in arguments})]

@@ -316,6 +316,12 @@ def test_row_labels_name_only_what_differs():
     assert lst.tables.row_labels(pair, ["N", "AT"]) == ["N", "AT"]
     pair.append({"model": "a-normal"})
     assert lst.tables.row_labels(pair, ["N", "AT", "N"])[2] == "N transfer_models=None transfer_weights=None"
+    # what was measured besides the walks, and on how many sources, likewise
+    measured = [{"model": "a-normal", "num_samples": 30, "matched_fractions": None},
+                {"model": "a-linf", "num_samples": 50, "matched_fractions": [0.5]}]
+    assert lst.tables.row_labels(measured, ["N", "AT"]) == ["N", "AT"]
+    measured.append({"model": "a-normal", "num_samples": 50, "matched_fractions": None})
+    assert lst.tables.row_labels(measured, ["N", "AT", "N"])[2] == "N num_samples=50"
 
 
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
