@@ -31,9 +31,11 @@ def test_restart_zero_is_the_run_without_restarts_and_the_arrays_are_the_walks_o
     k = 3
     results, _ = run_full_eval(model, dataset, SETTINGS, num_samples=4, rounds=2, batch_size=7,
                                restarts=k)
+    # batches of 7 and 8 walks: on some CPUs (AMD EPYC, AVX2) the convolution's kernel, so the
+    # last bit of a float, depends on the batch size
     for key in ("final_confs", "l2", "ssim", "distance_left", "passes"):
-        np.testing.assert_array_equal(results[key], plain[key])
-        np.testing.assert_array_equal(results[f"restart_{key}"][..., 0], plain[key])
+        np.testing.assert_allclose(results[key], plain[key], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(results[f"restart_{key}"][..., 0], results[key])
     assert results["restart_final_confs"].shape == (4, 2, k)
     assert results["restart_chord_confs"].shape == (4, 2, len(restart_pairs(k)), 21)
     # the walks again: pair p uses sample id p, restart r its own noise

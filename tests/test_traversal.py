@@ -487,7 +487,9 @@ def test_restarts_reproduce_and_differ():
     again = lst.level_set_traversal(model, *walks, sample_ids=ids, restarts=restarts, **kwargs)
     assert torch.equal(first.final_images, again.final_images)
     alone = lst.level_set_traversal(model, sources, labels, targets, **kwargs)
-    assert torch.equal(first.final_images[0::3], alone.final_images)
+    # another batch: on some CPUs (AMD EPYC, AVX2) the convolution's kernel, so the last bit of
+    # a float, depends on the batch size
+    torch.testing.assert_close(first.final_images[0::3], alone.final_images, atol=1e-5, rtol=0)
     noise = initial_noise(sources.shape[1:], 4 / 255, 0, ids, restarts)
     for k in range(3):
         block = noise[3 * k:3 * k + 3].flatten(1)
