@@ -57,9 +57,9 @@ def autoattack_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: to
     if unknown:
         raise ValueError(f"unknown attacks {sorted(unknown)}; choose among {STANDARD}")
     attacks = tuple(a for a in STANDARD if a in attacks)
-    adversary = AutoAttack(model, device=model_device(model), eps=eps, norm="Linf", seed=seed,
-                           version="standard")
     device = model_device(model)
+    adversary = AutoAttack(model, device=device, eps=eps, norm="Linf", seed=seed,
+                           version="standard")
     with torch.no_grad():
         predicted = torch.cat([model(images[part].to(device)).argmax(1).cpu()
                                for part in chunks(len(images), batch_size)])
