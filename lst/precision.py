@@ -9,12 +9,16 @@ confidences and distances) stays float32: callers cast the logits with `.float()
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_warned: set[str] = set()
 
 
 def check_precision(precision: str) -> None:
@@ -29,6 +33,8 @@ def autocast(precision: str, device: torch.device) -> Iterator[None]:
     if PRECISIONS[precision] is None:
         yield
         return
+    if device.type == "cpu":
+        warn_if_emulated(precision)
     with torch.autocast(device.type, dtype=PRECISIONS[precision]):
         yield
 
@@ -51,3 +57,29 @@ def model_input(model: nn.Module, images: torch.Tensor, precision: str) -> torch
     if precision != "fp32" and images.dim() == 4 and is_convolutional(model):
         return images.contiguous(memory_format=torch.channels_last)
     return images
+
+
+def cpu_has_fast(precision: str) -> bool:
+    """Whether this CPU has instructions for the precision's matmuls: AVX512-BF16 or AMX for
+    bf16, AMX-FP16 for fp16 (fp32 always). Without them PyTorch emulates the narrow type; on
+    an AMD EPYC with AVX2 only, a ViT training step under bf16 autocast took 17.5 s against
+    1.45 s in fp32 (1 thread, 128 images)."""
+    check_precision(precision)
+    cpu = torch.cpu
+    if precision == "bf16":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    elif precision == "fp16":
+        checks = ("_is_amx_fp16_supported",)
+    else:
+        return True
+    found = [getattr(cpu, name) for name in checks if hasattr(cpu, name)]
+    return not found or any(check() for check in found)  # unknown to this PyTorch: assume fast
+
+
+def warn_if_emulated(precision: str) -> None:
+    """One warning per precision and process when the CPU has no instructions for it."""
+    if precision in _warned or cpu_has_fast(precision):
+        return
+    _warned.add(precision)
+    log.warning("%s on this CPU (%s) has no hardware support and runs several times slower "
+                "than fp32; use fp32 here", precision, torch.backends.cpu.get_cpu_capability())

@@ -32,6 +32,7 @@ from torch import nn
 
 from lst.batching import chunks
 from lst.data import DataError, load_dataset
+from lst.precision import autocast
 from lst.progress import progress_bar
 from lst.results import ResultsError, atomic_write
 from models.architectures import ARCHITECTURES
@@ -190,7 +191,7 @@ def train(args: argparse.Namespace) -> dict:
             x, y = (x.float() / 255).contiguous(memory_format=memory_format), y_train[idx]
             # bf16 autocast runs convolutions and matmuls in bfloat16; weights, optimizer state
             # and the saved file stay float32 (evaluation below runs in float32).
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            with autocast("bf16" if args.bf16 else "fp32", x.device):
                 if args.adv != "none":
                     model.eval()  # attack the current model without touching BN statistics
                     steps = args.pgd_steps if args.adv == "pgd" else 1

@@ -157,3 +157,22 @@ def test_a_compiled_model_has_the_weights_fingerprint_of_its_model():
 
     model = small_cnn()
     assert weights_fingerprint(torch.compile(model)) == weights_fingerprint(model)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_once(monkeypatch, caplog, fast):
+    from lst import precision
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: fast, raising=False)
+    monkeypatch.setattr(precision, "_warned", set())
+    model = small_cnn()
+    x = torch.rand(2, 3, 16, 16)
+    with caplog.at_level("WARNING", logger="lst.precision"):
+        for _ in range(3):
+            with precision.autocast("bf16", x.device):
+                model(x)
+            with precision.autocast("fp32", x.device):
+                model(x)
+    warnings = [r for r in caplog.records if "no hardware support" in r.getMessage()]
+    assert len(warnings) == (0 if fast else 1)
+    assert precision.cpu_has_fast("bf16") == fast and precision.cpu_has_fast("fp32")
