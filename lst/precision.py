@@ -18,7 +18,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-_warned: set[str] = set()
+_checked: set[str] = set()  # precisions whose CPU support was looked up in this process
 
 
 def check_precision(precision: str) -> None:
@@ -77,9 +77,12 @@ def cpu_has_fast(precision: str) -> bool:
 
 
 def warn_if_emulated(precision: str) -> None:
-    """One warning per precision and process when the CPU has no instructions for it."""
-    if precision in _warned or cpu_has_fast(precision):
+    """One warning per precision and process when the CPU has no instructions for it (looked up
+    once per precision, not on every model call)."""
+    if precision in _checked:
         return
-    _warned.add(precision)
-    log.warning("%s on this CPU (%s) has no hardware support and runs several times slower "
-                "than fp32; use fp32 here", precision, torch.backends.cpu.get_cpu_capability())
+    _checked.add(precision)
+    if not cpu_has_fast(precision):
+        log.warning("%s on this CPU (%s) has no hardware support and runs several times "
+                    "slower than fp32; use fp32 here", precision,
+                    torch.backends.cpu.get_cpu_capability())

@@ -164,7 +164,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_once(monkeypatch, caplog,
     from lst import precision
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: fast, raising=False)
-    monkeypatch.setattr(precision, "_warned", set())
+    monkeypatch.setattr(precision, "_checked", set())
     model = small_cnn()
     x = torch.rand(2, 3, 16, 16)
     with caplog.at_level("WARNING", logger="lst.precision"):
