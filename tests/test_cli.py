@@ -126,6 +126,7 @@ def test_reused_targets_the_model_misclassifies_are_named(examples_dir, tmp_path
     np.testing.assert_allclose(r["blind_spots"][0, 2], r["images"][0])
 
 
+@pytest.mark.kernels
 def test_full_eval_files_and_tables(tmp_path, capsys):
     argv = ["smallcnn-linf", "shapes", "--full_eval", "--num_samples", "12", "--rounds", "3",
             "--get_final_imgs", "--adv_pert", "--out_dir", str(tmp_path), *FAST]

@@ -16,6 +16,7 @@ def inputs(n=8):
 
 
 @cuda
+@pytest.mark.kernels
 def test_lst_on_cuda_matches_the_cpu_in_fp32():
     model = small_cnn(gain=100.0)
     x, t = inputs()
@@ -30,6 +31,7 @@ def test_lst_on_cuda_matches_the_cpu_in_fp32():
 
 @cuda
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.kernels
 def test_mixed_precision_on_cuda_stays_close_to_fp32(precision):
     model = small_cnn(gain=10.0).to("cuda")
     x, t = (v.cuda() for v in inputs(16))
@@ -44,6 +46,7 @@ def test_mixed_precision_on_cuda_stays_close_to_fp32(precision):
 
 
 @cuda
+@pytest.mark.kernels
 def test_full_eval_command_on_cuda(tmp_path):
     import level_set_traversal as cli
 

@@ -220,6 +220,7 @@ def test_the_same_run_twice_at_once_one_refuses_and_no_folder_is_left(sweep, tmp
 SIGNALLING = ["tests.signalling:smallcnn", *RUN[1:], "--pthresh", "0.05", "--iters", "60"]
 
 
+@pytest.mark.kernels
 def test_ctrl_c_exits_130_in_one_line_and_the_same_command_resumes(tmp_path):
     """Ctrl-C at a known point: the model (tests/signalling.py) sends SIGINT to its process on
     its 100th forward pass, in the second batch of 4 pairs (62 passes a batch, the first batch
@@ -265,6 +266,7 @@ def small_disk(tmp_path):
         yield folder
 
 
+@pytest.mark.kernels
 def test_a_full_disk_keeps_the_saved_parts_and_a_rerun_resumes(small_disk, sweep, tmp_path):
     out = small_disk / "out"
     proc = cli(*RUN, "--pthresh", "0.2", out_dir=out)

@@ -116,6 +116,7 @@ def test_source_hull_stats_aggregates_over_pairs():
     assert np.isclose(agg["frac_above_0.2"], np.mean([s["frac_above_0.2"][0] for s in per_pair]))
 
 
+@pytest.mark.kernels
 def test_chunking_does_not_change_hull_confidences(cnn):
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([1, 2])

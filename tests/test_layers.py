@@ -32,6 +32,7 @@ def direct_scores(model, images, sources, targets, names):
     return out
 
 
+@pytest.mark.kernels
 def test_layer_scores_equal_a_direct_computation_with_hooks(images):
     model = small_cnn(gain=100.0)
     sources, targets = images

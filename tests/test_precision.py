@@ -122,6 +122,7 @@ def test_float32_violations_counts_kept_pairs_below_the_level_set():
     assert float32_violations(init, final, np.zeros(4, bool), pthresh=0.2) == 0.0
 
 
+@pytest.mark.kernels
 def test_batched_widths_equal_widths_one_sample_at_a_time():
     model = small_cnn(gain=10.0)
     x, steps = images(5)
@@ -136,6 +137,7 @@ def test_batched_widths_equal_widths_one_sample_at_a_time():
 
 
 @pytest.mark.slow
+@pytest.mark.kernels
 def test_compile_flag_gives_the_same_blind_spots_up_to_rounding(tmp_path):
     """About a minute on 2 CPU cores (compilation): --compile changes kernels, not results."""
     import level_set_traversal as cli

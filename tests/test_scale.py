@@ -14,12 +14,13 @@ from lst.experiments import run_full_eval
 from lst.results import load_results
 from lst.runstore import ResumeError, RunStore
 from lst.shapes import ShapesDataset
-from tests.conftest import stem_for
+from tests.conftest import ROUNDING_MARGIN, acceptance_margin, stem_for
 from models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["smallcnn-normal", "shapes", "--full_eval", "--num_samples", "10", "--rounds", "3",
-        "--get_final_imgs", "--adv_pert", "--pthresh", "0.2", "--step_size", "0.02"]
+        "--get_final_imgs", "--adv_pert", "--pthresh", "0.2", "--step_size", "0.02",
+        "--get_confs_over_path", "--log_step", "1"]  # every iterate's confidence: the margin
 
 
 def stem(*extra):
@@ -44,10 +45,16 @@ def results_of(out_dir, *extra):
 
 
 def assert_same(a, b, atol=0.0):
+    """Equality (atol 0: the same batches, so the same arithmetic) or closeness: runs in other
+    batches or processes differ by float32 rounding, which moves these walks (every decision
+    far from the threshold, see `reference`) by under 1e-5 (measured: 5e-6 on the slowest
+    kernels); atol 1e-4, one 8-bit level for the saved images, and 10 atol for SSIM, whose
+    windows of low variance magnify a pixel's rounding (measured: 7e-5)."""
     for key in ("source_indices", "target_indices", "kept"):
         np.testing.assert_array_equal(a[key], b[key])
     for key in ("init_confs", "final_confs", "l2", "ssim", "accept_rate"):
-        np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=0)
+        np.testing.assert_allclose(a[key], b[key], atol=10 * atol if key == "ssim" else atol,
+                                   rtol=0)
     np.testing.assert_allclose(a["final_images"].astype(int), b["final_images"].astype(int),
                                atol=1 if atol else 0)
     for key in a["hull_stats"]:
@@ -58,7 +65,9 @@ def assert_same(a, b, atol=0.0):
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
     run(command(out, "--iters", "30", "--batch_size", "4"))
-    return results_of(out, "--iters", "30")
+    results = results_of(out, "--iters", "30")
+    assert acceptance_margin(results, pthresh=0.2) > ROUNDING_MARGIN  # no decision near p0 - 0.2
+    return results
 
 
 SIGNALLING = ["tests.signalling:smallcnn", *ARGS[1:]]  # smallcnn-normal, signals on a known pass
@@ -75,6 +84,7 @@ def killed_at(call, out_dir, *extra):
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
+@pytest.mark.kernels
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, reference):
     extra = ["--iters", "30", "--batch_size", "4"]
     killed_at(80, tmp_path, *extra)  # in the third batch
@@ -112,11 +122,13 @@ def test_runs_with_other_arguments_never_share_files(tmp_path):
     assert not np.array_equal(seed0_results["source_indices"], seed1_results["source_indices"])
 
 
+@pytest.mark.kernels
 def test_batch_size_does_not_change_results(tmp_path, reference):
     run(command(tmp_path, "--iters", "30", "--batch_size", "8"))
     assert_same(results_of(tmp_path, "--iters", "30"), reference, atol=1e-4)
 
 
+@pytest.mark.kernels
 def test_two_processes_with_gloo_give_the_single_process_result(tmp_path, reference):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node=2"]
@@ -176,6 +188,7 @@ def test_a_filesystem_without_locks_is_named_in_one_line(tmp_path, monkeypatch):
             pass
 
 
+@pytest.mark.kernels
 def test_done_pairs_come_from_part_headers_and_parts_of_before_headers_resume(tmp_path):
     """Which pairs are done is read from the parts' headers (a part whose arrays are cut short
     still counts); a part saved before headers existed (one pickle, float32 blind spots) is

@@ -80,6 +80,7 @@ def test_vit_trains_with_adamw_and_label_smoothing(tiny_cifar, tmp_path):
     assert meta["clean_acc"] == pytest.approx(accuracy_of(out, tiny_cifar), abs=1e-6)
 
 
+@pytest.mark.kernels
 def test_vit_explicit_attention_is_the_fused_one():
     """The ViT runs attention as explicit products (faster on CPU); same function as fused."""
     torch.manual_seed(0)
@@ -176,6 +177,7 @@ def stated(name):
 
 
 @pytest.mark.parametrize("name", ["smallcnn-normal", "smallcnn-linf"])
+@pytest.mark.kernels
 def test_shipped_smallcnn_accuracy_on_shapes(name):
     meta = stated(name)
     model, _ = load_model(name, "shapes")

@@ -5,22 +5,21 @@ import torch.nn.functional as F
 
 import lst
 from lst.traversal import initial_noise
-from tests.conftest import frozen, linear_classifier, small_cnn
+from tests.conftest import (ROUNDING_MARGIN, acceptance_margin, frozen,
+                            linear_classifier, small_cnn)
 
 
 def literal_lst(model, sources, labels, targets, *, step_size, iters, pthresh, adv_step_size,
-                noise, every_iterate=None):
+                noise, margins=None):
     """The paper's algorithm (§3) written out literally: forward+backward at x, then a forward
-    at x', every step (docs/design.md, "The fused step"). every_iterate: a list that gets x at
-    the start and after every iteration."""
+    at x', every step (docs/design.md, "The fused step"). margins: a list that gets, at every
+    step, each walk's |p0 - p(x') - pthresh|, how far its decision was from the threshold."""
     def conf(x):
         return torch.softmax(model(x), 1).gather(1, labels.view(-1, 1)).squeeze(1)
 
     p0 = conf(sources).detach()
     x = (sources + noise).clamp(0, 1)
     a = torch.zeros_like(x)
-    record = every_iterate.append if every_iterate is not None else (lambda _: None)
-    record(x.detach())
     for _ in range(iters):
         xg = x.clone().requires_grad_(True)
         g, = torch.autograd.grad(F.cross_entropy(model(xg), labels, reduction="sum"), xg)
@@ -31,9 +30,11 @@ def literal_lst(model, sources, labels, targets, *, step_size, iters, pthresh, a
         if adv_step_size is not None:
             a = (a + adv_step_size / 2 * g).clamp(-adv_step_size, adv_step_size)
         proposal = (x + step_size * d_perp - a).clamp(0, 1)
-        accept = (p0 - conf(proposal).detach()) < pthresh
+        drop = p0 - conf(proposal).detach()
+        if margins is not None:
+            margins.append((drop - pthresh).abs())
+        accept = drop < pthresh
         x = torch.where(accept.view(-1, 1, 1, 1), proposal, x)
-        record(x.detach())
     return x.detach()
 
 
@@ -41,18 +42,25 @@ def correctly_classified(model, x):
     return lst.predict(model, x)[0]
 
 
+@pytest.mark.kernels
 def test_fused_loop_equals_literal_loop(cnn, images):
+    """Closeness, not equality: the literal loop scores each proposal in a forward of its own,
+    without autograd (other kernels on some CPUs). A walk with a decision within rounding of the
+    threshold may then part from the fused one for good, so the walks are compared where every
+    decision is at least ROUNDING_MARGIN from it; rounding alone keeps them within 1e-5."""
     sources, targets = images
     labels = correctly_classified(cnn, sources)
     noise = initial_noise(sources.shape[1:], 4 / 255, 0, range(len(sources)))
     for adv in (None, 2e-3):
         kwargs = dict(step_size=0.2, iters=25, pthresh=0.01, adv_step_size=adv)
         fused = lst.level_set_traversal(cnn, sources, labels, targets, **kwargs)
-        literal = literal_lst(cnn, sources, labels, targets, noise=noise, **kwargs)
+        margins = []
+        literal = literal_lst(cnn, sources, labels, targets, noise=noise, margins=margins, **kwargs)
+        clear = torch.stack(margins, dim=1).amin(dim=1) > ROUNDING_MARGIN
         # the comparison means something only if steps were both accepted and rejected
-        rate = fused.accept_rate
-        assert (rate < 1).any() and (rate > 0).any(), rate
-        torch.testing.assert_close(fused.final_images, literal, atol=1e-5, rtol=0)
+        rate = fused.accept_rate[clear]
+        assert clear.sum() >= 4 and (rate < 1).any() and (rate > 0).any(), (clear, rate)
+        torch.testing.assert_close(fused.final_images[clear], literal[clear], atol=1e-5, rtol=0)
 
 
 def test_one_forward_backward_per_iteration(cnn, images):
@@ -109,12 +117,18 @@ def test_tiny_gradients_do_not_underflow():
     assert (step * g / g.abs().amax()).flatten(1).sum(1).abs().max() < 1e-4
 
 
+@pytest.mark.kernels
 def test_results_do_not_depend_on_the_batch(cnn, images):
+    """Closeness: a sample's noise and target are its own in any batch, its arithmetic is the
+    same up to float rounding (the kernels depend on the batch size on some CPUs). Every
+    decision of these walks is far from the threshold (checked), so rounding cannot move one,
+    and the blind spots agree to 1e-5 (1/400 of the 8-bit step they are saved in)."""
     sources, targets = images
     labels = correctly_classified(cnn, sources)
-    kwargs = dict(iters=15, adv_step_size=1 / 255, get_confs_over_path=True, log_step=5)
+    kwargs = dict(iters=15, adv_step_size=1 / 255, get_confs_over_path=True, log_step=1)
     ids = torch.arange(100, 108)
     whole = lst.level_set_traversal(cnn, sources, labels, targets, sample_ids=ids, **kwargs)
+    assert acceptance_margin(whole, lst.LSTSettings().pthresh) > ROUNDING_MARGIN
     for k in (5, 2):
         one = lst.level_set_traversal(cnn, sources[k:k + 1], labels[k:k + 1],
                                       targets[k:k + 1], sample_ids=ids[k:k + 1], **kwargs)
@@ -240,9 +254,11 @@ def test_a_model_in_train_mode_is_walked_in_eval_mode_and_given_back_unchanged()
 # The step schedule (docs/design.md, "The step schedule")
 
 def fused_fixed_reference(model, sources, labels, targets, *, step_size, iters, pthresh,
-                          adv_step_size, noise):
+                          adv_step_size, noise, every_iterate=None):
     """The engine's loop as it was before the adaptive schedule existed (fp32), kept verbatim
-    so that the fixed schedule can be checked bit for bit against it."""
+    so that the fixed schedule can be checked bit for bit against it. every_iterate: a list
+    that gets x at the start and after every iteration."""
+    record = every_iterate.append if every_iterate is not None else (lambda _: None)
     def conf_and_grad(x):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -256,6 +272,7 @@ def fused_fixed_reference(model, sources, labels, targets, *, step_size, iters, 
     adv = torch.zeros_like(x)
     probs, grad = conf_and_grad(x)
     conf = probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    record(x)
     for _ in range(iters):
         d_perp = lst.traversal.orthogonal_step(grad, targets - x)
         if adv_step_size is not None:
@@ -268,9 +285,11 @@ def fused_fixed_reference(model, sources, labels, targets, *, step_size, iters, 
         x = torch.where(a4, proposal, x)
         grad = torch.where(a4, new_grad, grad)
         conf = torch.where(accept, new_conf, conf)
+        record(x)
     return x, conf
 
 
+@pytest.mark.kernels
 def test_the_fixed_schedule_is_bit_for_bit_the_engine_of_before(cnn, images):
     sources, targets = images
     labels = correctly_classified(cnn, sources)
@@ -420,9 +439,11 @@ def progress_of(x, sources, targets):
     return 1 - (targets - x).flatten(1).norm(dim=1) / (targets - sources).flatten(1).norm(dim=1)
 
 
+@pytest.mark.kernels
 def test_matched_iterates_are_the_walks_own(cnn, images):
-    """The iterate recorded at fraction f is the first iterate of a literal loop that records
-    every iterate with progress >= f; a fraction the walk never reaches is -1, NaN and zeros."""
+    """The iterate recorded at fraction f is the first iterate with progress >= f of the same
+    walk recorded at every iterate (the engine of before: the same arithmetic, so equality); a
+    fraction the walk never reaches is -1, NaN and zeros."""
     sources, targets = images
     labels = correctly_classified(cnn, sources)
     noise = initial_noise(sources.shape[1:], 4 / 255, 0, range(len(sources)))
@@ -431,7 +452,8 @@ def test_matched_iterates_are_the_walks_own(cnn, images):
     fused = lst.level_set_traversal(cnn, sources, labels, targets, matched_fractions=fractions,
                                     **kwargs)
     iterates = []
-    literal_lst(cnn, sources, labels, targets, noise=noise, every_iterate=iterates, **kwargs)
+    fused_fixed_reference(cnn, sources, labels, targets, noise=noise, every_iterate=iterates,
+                          **kwargs)
     walked = torch.stack(iterates, dim=1)  # (N, iters+1, C,H,W)
     progress = torch.stack([progress_of(x, sources, targets) for x in iterates], dim=1)
     for f, fraction in enumerate(fractions):
@@ -444,8 +466,7 @@ def test_matched_iterates_are_the_walks_own(cnn, images):
                 continue
             first = int(reached[0])
             assert fused.matched_iters[k, f] == first
-            torch.testing.assert_close(fused.matched_images[k, f], walked[k, first], atol=1e-5,
-                                       rtol=0)
+            assert torch.equal(fused.matched_images[k, f], walked[k, first])
             assert fused.matched_confs[k, f] >= fused.init_confs[k] - kwargs["pthresh"]
     # the test means something only if some fractions were reached late and some never
     assert (fused.matched_iters > 0).any() and (fused.matched_iters == -1).any()
@@ -473,6 +494,7 @@ def test_a_walk_that_stops_short_of_f_is_reported_as_not_reaching_it():
     assert (res.passes < 301).all()  # the adaptive walks did stop early
 
 
+@pytest.mark.kernels
 def test_restarts_reproduce_and_differ():
     """Restart r of a sample draws its own noise: the same call twice gives the same walks,
     restart 0 is the walk without restarts, and other restarts start (and end) elsewhere."""
@@ -486,10 +508,10 @@ def test_restarts_reproduce_and_differ():
     first = lst.level_set_traversal(model, *walks, sample_ids=ids, restarts=restarts, **kwargs)
     again = lst.level_set_traversal(model, *walks, sample_ids=ids, restarts=restarts, **kwargs)
     assert torch.equal(first.final_images, again.final_images)
-    alone = lst.level_set_traversal(model, sources, labels, targets, **kwargs)
-    # another batch: on some CPUs (AMD EPYC, AVX2) the convolution's kernel, so the last bit of
-    # a float, depends on the batch size
-    torch.testing.assert_close(first.final_images[0::3], alone.final_images, atol=1e-5, rtol=0)
+    # the walks without restarts in the same batch (each pair three times, every walk with the
+    # noise of a walk without restarts): the same arithmetic, so restart 0 is them bit for bit
+    alone = lst.level_set_traversal(model, *walks, sample_ids=ids, **kwargs)
+    assert torch.equal(first.final_images[0::3], alone.final_images[0::3])
     noise = initial_noise(sources.shape[1:], 4 / 255, 0, ids, restarts)
     for k in range(3):
         block = noise[3 * k:3 * k + 3].flatten(1)

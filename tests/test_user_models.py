@@ -134,6 +134,7 @@ def assert_same_results(a: dict, b: dict, keys=("init_confs", "final_confs", "l2
 
 
 @pytest.mark.parametrize("kind", ["torchscript", "exported"])
+@pytest.mark.kernels
 def test_a_models_export_on_a_folder_equals_the_registry_model_on_the_built_in_data(
         shapes_folder, model_files, tmp_path, kind):
     builtin, exported = tmp_path / "builtin", tmp_path / "exported"
@@ -161,6 +162,7 @@ def test_a_models_export_on_a_folder_equals_the_registry_model_on_the_built_in_d
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 images not present")
+@pytest.mark.kernels
 def test_resnet20_on_cifar10_equals_its_torchscript_export_on_the_images_as_a_folder(tmp_path):
     """The issue's own check: `resnet20-normal cifar10 --cifar_path` against a TorchScript
     export of it on the same images laid out as a folder (the first 20 test images a class)."""
@@ -189,6 +191,7 @@ def test_resnet20_on_cifar10_equals_its_torchscript_export_on_the_images_as_a_fo
             assert np.array_equal(a["target_indices"], b["target_indices"])
 
 
+@pytest.mark.kernels
 def test_a_model_without_its_normalisation_and_mean_std_equals_the_model_with_it(
         shapes_folder, model_files, tmp_path):
     """A factory with a state dict (--load_model_path), normalised by --mean/--std, against the
