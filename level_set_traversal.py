@@ -31,7 +31,7 @@ from lst.progress import set_quiet
 from lst.results import ResultsError, WriteError
 from lst.identity import file_digest, run_key, weights_fingerprint
 from lst.runstore import RunStore
-from lst.sampling import random_classes
+from lst.sampling import PROTOCOLS, random_classes
 from lst.traversal import LSTSettings
 
 
@@ -87,14 +87,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_workers", type=int, default=0, help="(kept for the paper's commands)")
     p.add_argument("--num_samples", type=int, default=1000, help="full_eval sources")
     p.add_argument("--rounds", type=int, default=5, help="full_eval targets per source")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="ours",
+                   help="full_eval: ours (--num_samples sources spread over the classes, targets "
+                        "of other classes) or paper (the paper's final code: the example images "
+                        "of --target_classes are the pool of sources, and each of --rounds "
+                        "rounds is a random derangement of that pool; --num_samples is not used)")
     p.add_argument("--get_final_imgs", action="store_true", help="full_eval: images and Table 2")
     p.add_argument("--restarts", type=int, default=1, metavar="K",
                    help="K walks per (source, target), each from its own initial noise (walk 0 "
                         "is the one a run without restarts does, and fills Tables 1-3); Table 4 "
                         "of print_tables.py compares them (with --diversity: pushed apart)")
     p.add_argument("--target_classes", nargs="+", default=None, metavar="CLASS",
-                   help="examples classes, by index or name (default: the dataset's, 99 199 299 "
-                        "400 499 on ImageNet, 0-4 on 10-class sets, a folder's first 5)")
+                   help="examples classes (and the pool of --protocol paper), by index or name, "
+                        "or 'all' (default: the dataset's, 99 199 299 400 499 on ImageNet, 0-4 "
+                        "on 10-class sets, a folder's first 5)")
     p.add_argument("--random_target_classes", action="store_true",
                    help="draw as many random classes as --target_classes has, from --seed")
     p.add_argument("--transfer_models", nargs="+", default=[], metavar="MODEL",
@@ -207,6 +213,7 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
     check_preprocessing(args)
     where = root if args.dataset == "folder" else args.dataset
     args.target_classes = (list(info.default_targets) if args.target_classes is None else
+                           list(range(info.num_classes)) if args.target_classes == ["all"] else
                            class_indices(args.target_classes, info.class_names, where))
     if args.random_target_classes:
         args.target_classes = random_classes(info.num_classes, len(args.target_classes), args.seed)
@@ -219,6 +226,11 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
     if len(set(args.target_classes)) < len(args.target_classes):
         twice = sorted({c for c in args.target_classes if args.target_classes.count(c) > 1})
         raise DataError(f"--target_classes names class(es) {twice} more than once")
+    if args.protocol != "ours" and not args.full_eval:
+        raise DataError("--protocol chooses the sources and targets of --full_eval")
+    if args.protocol == "paper" and len(args.target_classes) < 2:
+        raise DataError("--protocol paper needs at least 2 --target_classes: its pool is their "
+                        "example images, and each round a derangement of that pool")
     if args.examples and len(args.target_classes) < 3:
         raise DataError("--examples needs at least 3 distinct --target_classes"
                         + (f" ({where} has {len(args.target_classes)} class(es) with images)"
@@ -244,6 +256,9 @@ def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
     sizes = ({"classes": args.target_classes} if args.examples else
              {"num_samples": args.num_samples, "rounds": args.rounds,
               "get_final_imgs": args.get_final_imgs})
+    if args.full_eval and args.protocol != "ours":  # absent for ours: run ids stay as they were
+        sizes.update(protocol=args.protocol, classes=args.target_classes,
+                     num_samples=len(args.target_classes))
     if args.restarts > 1:
         sizes["restarts"] = args.restarts
     if model_kind(args.model) != "name":
@@ -411,6 +426,8 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
         with store.open(restart=args.restart):
             model, dataset, transfer_models = model_and_data(args)
             add_loaded_weights(key, model, transfer_models)
+            if args.protocol == "paper":
+                dataset = example_pool(model, dataset, args, store.out_dir, key, rank)
             done, error = None, None
             if rank.is_main:
                 try:
@@ -427,7 +444,7 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
                 model, dataset, settings, num_samples=args.num_samples, rounds=args.rounds,
                 batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, store=store,
                 rank=rank, transfer_models=transfer_models, flags=results_flags(args),
-                restarts=args.restarts)
+                restarts=args.restarts, protocol=args.protocol)
             if not rank.is_main:
                 return None
             written = [store.path("fulleval_dict")] + ([] if all_confs is None
@@ -443,6 +460,24 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
             f"{np.nanmean(results['l2']):.3f}, mean SSIM {np.nanmean(results['ssim']):.3f}"
             f"{schedule_note(results, settings)}{precision_note(results, settings)}; wrote "
             f"{', '.join(map(str, written))}")
+
+
+def example_pool(model, dataset, args: argparse.Namespace, out_dir: Path, key: dict, rank):
+    """--protocol paper: the example images of --target_classes in out_dir (made as --examples
+    makes them where missing, by rank 0) as a dataset, items (image, class) in class order. Their
+    content hashes go into the run key, as for an examples run."""
+    from torch.utils.data import TensorDataset
+
+    from lst import distributed
+    from lst.experiments import example_image_digests, example_targets
+
+    prefix = examples_prefix(args.dataset, data_root(args))
+    if rank.is_main:
+        example_targets(model, dataset, args.target_classes, out_dir, prefix)
+    distributed.barrier()
+    images, classes, _ = example_targets(model, dataset, args.target_classes, out_dir, prefix)
+    key["example_images"] = example_image_digests(out_dir, prefix, args.target_classes)
+    return TensorDataset(images, classes)
 
 
 def schedule_note(results: dict, settings: LSTSettings) -> str:

@@ -8,7 +8,9 @@
                                                  # (and delta_matched.png: chords kept against f)
     python print_tables.py plots_and_figures/ --html           # also plots_and_figures/report.html
 
-full_eval files give Table 1 (over kept pairs), Table 2 (triangles, over sources) and Table 2b
+full_eval files give Table 1 (over kept pairs), Table 2 (triangles, over sources; over 64 of the
+66 grid points, as the paper's code, with --triangle_points 64 or for runs of --protocol paper)
+and Table 2b
 (limbs and chords; both from files written with --get_final_imgs) and, with
 --matched_fractions, Table 2c (limbs, chords and triangles at matched progress); examples files
 give Table 1 over their example pairs; files of runs with --transfer_models give Table 3 (blind
@@ -37,8 +39,8 @@ from lst.hull import DELTA_CURVE
 from lst.plots import plot_delta_curves, plot_layer_curves, plot_matched_curves
 from lst.report import write_report
 from lst.results import ResultsError
-from lst.tables import (FORMATS, delta_curves, format_tables, layer_curves, load_run,
-                        matched_curves, table_records)
+from lst.tables import (FORMATS, TRIANGLE_POINTS, delta_curves, format_tables, layer_curves,
+                        load_run, matched_curves, table_records, with_triangle_points)
 
 DEFAULT_FOLDER = "plots_and_figures"  # level_set_traversal.py's default --out_dir
 RECORD_FORMATS = ("csv", "json")
@@ -84,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", metavar="OUT.png", default=None,
                    help="also draw the delta curve of the full_eval runs (their _all_confs.pkl) "
                         "and, for runs with Table 2c, OUT_matched.png: chords kept against f")
+    p.add_argument("--triangle_points", type=int, choices=TRIANGLE_POINTS, default=None,
+                   help="Table 2 over 64 points (the paper's code's float grid drops two of the "
+                        "66) or all 66 (default: 64 for runs of --protocol paper, 66 otherwise); "
+                        "recomputed from each run's _all_confs.pkl")
     p.add_argument("--html", action="store_true",
                    help="also write FOLDER/report.html (one folder argument): every run with its "
                         "arguments, tables and figures")
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = expand(args.files)
     try:
-        runs = [load_run(f) for f in files]
+        runs = with_triangle_points([load_run(f) for f in files], args.triangle_points)
         if not any(r.kind in ("full_eval", "examples") for r in runs):
             raise ResultsError(f"no results files in {' '.join(args.files)}")
         if args.format in RECORD_FORMATS:

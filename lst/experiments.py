@@ -23,8 +23,8 @@ from .batching import chunks
 from .confidence import in_eval_mode, model_device
 from .data import dataset_labels, read_image, stack_items
 from .distributed import Rank, barrier, broadcast
-from .hull import (SEGMENT_POINTS, aggregate_pairs, hull_stats, kept_stats, limbs_and_chords,
-                   segment_confidences, segment_stats, source_hull_confidences, triangle_grid)
+from .hull import (SEGMENT_POINTS, kept_stats, limbs_and_chords, segment_confidences,
+                   segment_stats, source_hull_confidences, table2_stats, triangle_grid)
 from .layers import resolve_layers
 from .metrics import image_distances
 from .progress import progress_bar
@@ -32,7 +32,8 @@ from .restarts import RESTART_FIELDS, restart_geometry
 from .results import atomic_write
 from .identity import file_digest, provenance, results_args, weights_fingerprint
 from .runstore import ResumeError, RunStore
-from .sampling import assign_targets, select_sources, select_targets
+from .sampling import (PROTOCOLS, assign_targets, derangement_targets, select_sources,
+                       select_targets)
 from .transfer import judge_pairs
 from .traversal import LSTSettings, level_set_traversal
 
@@ -283,8 +284,11 @@ def float32_violations(init_confs: np.ndarray, final_confs: np.ndarray, kept: np
 
 
 def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, num_samples: int,
-                    rounds: int, store: RunStore | None, run_key: dict, rank: Rank) -> dict:
-    """Sources and targets of the run: from the store when resuming, else chosen anew.
+                    rounds: int, store: RunStore | None, run_key: dict, rank: Rank,
+                    protocol: str = "ours") -> dict:
+    """Sources and targets of the run: from the store when resuming, else chosen anew (ours:
+    `select_sources` and `assign_targets`; the paper's: every image of the dataset, the pool,
+    and `derangement_targets`).
 
     Rank 0 decides and every rank gets the same plan. A saved plan of a run with other
     results-relevant arguments raises ResumeError on every rank.
@@ -294,9 +298,14 @@ def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, n
         try:
             plan = store.load_plan(run_key) if store is not None else None
             if plan is None:
-                pool = select_sources(model, dataset, num_samples, seed=settings.seed)
-                labels = dataset_labels(dataset)[pool]
-                plan = {"pool": pool, "targets": assign_targets(labels, rounds, seed=settings.seed)}
+                if protocol == "paper":
+                    pool = np.arange(len(dataset))
+                    targets = derangement_targets(len(pool), rounds, seed=settings.seed)
+                else:
+                    pool = select_sources(model, dataset, num_samples, seed=settings.seed)
+                    targets = assign_targets(dataset_labels(dataset)[pool], rounds,
+                                             seed=settings.seed)
+                plan = {"pool": pool, "targets": targets}
                 if store is not None:
                     store.save_plan(run_key, plan)
         except (ValueError, OSError) as err:  # DataError, ResultsError, an unreadable file:
@@ -313,9 +322,15 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
                   hull_chunk: int = 512, store: RunStore | None = None,
                   run_key: dict | None = None, rank: Rank = Rank(),
                   transfer_models: Mapping[str, nn.Module] | None = None,
-                  flags: dict | None = None, restarts: int = 1
+                  flags: dict | None = None, restarts: int = 1, protocol: str = "ours"
                   ) -> tuple[dict | None, dict | None]:
     """LST from `num_samples` sources to `rounds` targets each, resumable and sharded.
+
+    protocol "ours" (the default): `num_samples` sources spread over the classes and targets of
+    other classes (`lst.sampling`). "paper", the paper's final code's full_eval: every image of
+    `dataset` is a source (the pool: there, the example images of a folder; num_samples is not
+    used), and round r's targets are a random derangement of the pool
+    (`lst.sampling.derangement_targets`); results["protocol"] = "paper".
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
     does not depend on the batch size, the number of processes or a resume. With a `store`
@@ -352,12 +367,17 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     started, origin = time.time(), provenance()
     if run_key is None and store is not None and store.key is not None:
         run_key = _key_of(store, model)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if run_key is None:
         run_key = {"settings": settings.as_dict(), "num_samples": num_samples, "rounds": rounds,
                    "get_final_imgs": get_final_imgs}
+        if protocol != "ours":  # left out for ours: the keys of before stay as they were
+            run_key.update(protocol=protocol, num_samples=len(dataset))
     run_key = dict(run_key)
     run_key.setdefault("weights", weights_fingerprint(model))
-    plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, store, run_key, rank)
+    plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, store, run_key, rank,
+                           protocol)
     pool, targets = plan["pool"], plan["targets"]
     n_pairs = len(pool) * rounds
     barrier()
@@ -416,6 +436,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     labels = dataset_labels(dataset)[pool]
     results = {"source_indices": pool, "labels": labels, "target_indices": pool[targets],
                "target_labels": labels[targets], "log_iters": merged.pop("log_iters")}
+    if protocol != "ours":
+        results["protocol"] = protocol
     if settings.get_layers:
         results["layer_names"] = resolve_layers(model, settings.layers)
     if transfer_models:
@@ -503,8 +525,7 @@ def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind
             limbs[i], chords[i] = limbs_and_chords(model, image, label, spots, hull_pairs,
                                                    confs[i], hull_chunk, precision)
             seconds["limbs_chords"] += time.time() - clock
-    stats = aggregate_pairs(hull_stats(confs.view(-1, confs.shape[-1])), len(hull_pairs))
-    return stats, segment_stats(limbs.numpy(), chords.numpy()), {
+    return table2_stats(confs), segment_stats(limbs.numpy(), chords.numpy()), {
         "hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy(),
         "limb_confs": limbs.numpy(), "chord_confs": chords.numpy()}
 

@@ -31,6 +31,20 @@ def triangle_grid(n: int = 10) -> torch.Tensor:
     return torch.stack([(n - ij[:, 0] - ij[:, 1]) / n, a, b], dim=1)
 
 
+def paper_grid_points(n: int = 10) -> np.ndarray:
+    """Which points of `triangle_grid(n)` the paper's code keeps: (P,) bool.
+
+    The paper's code (eval_utils.py, `get_avg_conf`) builds its grid from the floats k/n and
+    skips a point where 1 - a - b < 0 in float64, which drops points of the chord a + b = 1
+    whose sum rounds above 1: for n = 10, (a, b) = (0.8, 0.2) and (0.9, 0.1), leaving 64 of 66.
+    The test is replayed here on the same floats, so the mask is derived, not listed.
+    """
+    grid = triangle_grid(n).numpy()
+    i, j = np.rint(grid[:, 1] * n).astype(int), np.rint(grid[:, 2] * n).astype(int)
+    steps = np.arange(n + 1) / n  # the paper's np.arange(n+1)/n
+    return np.array([not (1 - steps[a] - steps[b] < 0) for a, b in zip(i, j)])
+
+
 def triangle_edges(n: int = 10) -> dict[str, np.ndarray]:
     """Row indices of `triangle_grid(n)` along the triangle (source, first, second)'s edges,
     each (n+1,) ordered from its first vertex: "first" (source -> first, b = 0), "second"
@@ -103,18 +117,25 @@ def source_hull_confidences(model: nn.Module, source: torch.Tensor, label: int,
                             precision)
 
 
-def hull_stats(confs: torch.Tensor | np.ndarray, n: int = 10) -> dict[str, np.ndarray]:
+def hull_stats(confs: torch.Tensor | np.ndarray, n: int = 10,
+               points: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Table 2 statistics per triangle from its (M,P) grid confidences (`triangle_grid(n)` order).
 
     Returns a dict of (M,) float64 arrays: p_src (confidence at the source vertex), mean (over all
     P points), frac_above_{d} for d in HULL_DELTAS (fraction of points with p > p_src - d),
     edge_mean (mean of the means over the two edges touching the source, b = 0 and a = 0,
-    n+1 points each) and edge_min (minimum over those edges of p - p_src).
+    n+1 points each) and edge_min (minimum over those edges of p - p_src). points: (P,) bool,
+    the points the mean and the fractions are taken over (all by default; `paper_grid_points`
+    for the paper's 64); the source vertex and the two edges must be among them.
     """
     confs = np.asarray(confs, dtype=np.float64)
     edges = triangle_edges(n)
     p_src = confs[:, 0]
     edge_a, edge_b = confs[:, edges["first"]], confs[:, edges["second"]]
+    if points is not None:
+        if not (points[0] and points[edges["first"]].all() and points[edges["second"]].all()):
+            raise ValueError("the points of a Table 2 view must keep the source and its edges")
+        confs = confs[:, np.asarray(points, dtype=bool)]
     stats = {"p_src": p_src, "mean": confs.mean(axis=1)}
     for d in HULL_DELTAS:
         stats[f"frac_above_{d:g}"] = (confs > p_src[:, None] - d).mean(axis=1)
@@ -138,6 +159,16 @@ def source_hull_stats(model: nn.Module, source: torch.Tensor, label: int,
     stats = hull_stats(source_hull_confidences(model, source, label, blind_spots, pairs, n,
                                                chunk_size, precision), n)
     return {k: float(v[0]) for k, v in aggregate_pairs(stats, len(pairs)).items()}
+
+
+def table2_stats(hull_confs: torch.Tensor | np.ndarray,
+                 points: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Table 2's per-source statistics from the triangle confidences of a full_eval, (N,M,P): M
+    triangles a source (pairs of its blind spots), P grid points. `hull_stats` of each triangle
+    (over `points`, all by default), then `aggregate_pairs`. -> (N,) each."""
+    confs = np.asarray(hull_confs)
+    return aggregate_pairs(hull_stats(confs.reshape(-1, confs.shape[-1]), points=points),
+                           confs.shape[1])
 
 
 def aggregate_pairs(stats: dict[str, np.ndarray], num_pairs: int) -> dict[str, np.ndarray]:

@@ -78,7 +78,8 @@ def run_stem(key: dict, desc: str = "") -> str:
     settings = key["settings"]
     return results_stem(desc=desc, model=key["model"], dataset=key["dataset"],
                         step_size=settings["step_size"], iters=settings["iters"],
-                        adv_step_size=settings["adv_step_size"], classes=key.get("classes"),
+                        adv_step_size=settings["adv_step_size"],
+                        classes=None if key.get("mode") == "full_eval" else key.get("classes"),
                         num_samples=key.get("num_samples"),
                         run_id=run_id({k: v for k, v in key.items() if k not in LOADED_KEYS}))
 

@@ -5,6 +5,7 @@ and the targets of a run.
                    confidence > 0.6
   select_sources   --full_eval: sources spread over classes, in an order shuffled from the seed
   assign_targets   --full_eval: each source's targets, of other classes, from (seed, source, round)
+  derangement_targets  --full_eval --protocol paper: each round a random derangement of the pool
   random_classes   --random_target_classes
 
 Every choice depends on the seed, the data and the model only, never on the batch size, the
@@ -21,6 +22,8 @@ from torch.utils.data import Dataset
 from .batching import chunks
 from .confidence import predict
 from .data import DataError, dataset_labels, stack_items
+
+PROTOCOLS = ("ours", "paper")  # full_eval's choice of sources and targets (`run_full_eval`)
 
 
 def _confident(model: nn.Module, dataset: Dataset, candidates: Sequence[int],
@@ -136,6 +139,28 @@ def assign_targets(labels: np.ndarray, rounds: int, seed: int = 0) -> np.ndarray
             raise DataError("every source has the same class: no target of another class")
         for r in range(rounds):
             out[i, r] = others[np.random.default_rng([seed, i, r]).integers(len(others))]
+    return out
+
+
+def derangement_targets(pool_size: int, rounds: int, seed: int = 0) -> np.ndarray:
+    """The paper's final code's targets (--protocol paper): round r is a permutation of the pool
+    with no fixed point, uniform over all such (rejection sampling), from a stream seeded by
+    (seed, round). So every pool image is a target exactly once per round, never its own.
+
+    Returns (pool_size, rounds) int64: entry [i, r] is the position of source i's target in
+    round r. Unlike the paper's code, a pool that is not a multiple of the batch size changes
+    nothing (docs/usage.md, "Differences from the paper's code").
+    """
+    if pool_size < 2:
+        raise DataError(f"a derangement needs at least 2 pool images, got {pool_size}")
+    out = np.empty((pool_size, rounds), dtype=np.int64)
+    identity = np.arange(pool_size)
+    for r in range(rounds):
+        rng = np.random.default_rng([seed, pool_size, r])
+        order = rng.permutation(pool_size)
+        while (order == identity).any():  # about e = 2.7 draws on average
+            order = rng.permutation(pool_size)
+        out[:, r] = order
     return out
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from tabulate import tabulate
 
-from .hull import DELTA_CURVE, HULL_DELTAS, SEGMENT_DELTAS, delta_curve
+from .hull import (DELTA_CURVE, HULL_DELTAS, SEGMENT_DELTAS, delta_curve, paper_grid_points,
+                   table2_stats, triangle_grid)
 from .restarts import restart_stats
 from .results import ResultsError, load_results
 from .traversal import LSTSettings
@@ -81,6 +82,33 @@ def load_run(path: str | Path) -> Run:
     return Run(path, kind, payload["args"], res)
 
 
+TRIANGLE_POINTS = (64, 66)  # Table 2 over the paper's float grid, or over every grid point
+
+
+def with_triangle_points(runs: list[Run], points: int | None = None) -> list[Run]:
+    """The runs with Table 2 over `points` grid points: 66 (every point, what a run computes) or
+    64 (the paper's code's float grid, `lst.hull.paper_grid_points`), recomputed from the
+    triangle confidences of the run's _all_confs.pkl companion; None: 64 for runs of
+    --protocol paper, 66 for the others. A run shown over 64 points has
+    results["triangle_points"] = 64; one without its companion file loses Table 2."""
+    if points is not None and points not in TRIANGLE_POINTS:
+        raise ResultsError(f"--triangle_points is 64 (the paper's) or 66 (all), got {points}")
+    shown = []
+    for run in runs:
+        wanted = points or (64 if run.results.get("protocol") == "paper" else 66)
+        if run.kind != "full_eval" or "hull_stats" not in run.results or wanted == 66:
+            shown.append(run)
+            continue
+        results = {k: v for k, v in run.results.items() if k != "hull_stats"}
+        companion = run.path.with_name(f"{run.stem}{SUFFIXES['all_confs']}")
+        if companion.is_file():
+            confs = load_results(companion)["results"]["hull_confs"]
+            results["hull_stats"] = table2_stats(confs, paper_grid_points())
+            results["triangle_points"] = 64
+        shown.append(Run(run.path, run.kind, run.args, results))
+    return shown
+
+
 def model_label(args: dict) -> str:
     """'ResNet-50 (AT)' from the run's model name ARCH-TYPE (and its --desc, if any); any other
     name (a user's model file or factory) as it is."""
@@ -100,6 +128,7 @@ def run_arguments(args: dict) -> dict:
         return {k: v for k, v in args.items() if k not in ("desc", "out_dir", "device")}
     flat = {k: v for k, v in key.items() if k != "settings"}
     flat.setdefault("restarts", 1)  # a run key leaves out restarts = 1
+    flat.setdefault("protocol", "ours")  # and the protocol of ours
     settings = LSTSettings().as_dict(complete=True)
     settings.update(key.get("settings", {}))  # a setting a run key leaves out has its default
     flat.update(settings)
@@ -328,7 +357,7 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
                 "kept pairs)", table(rows["1"], head + [h for h, _ in TABLE1])]
         if rows["2"]:
             out += ["", f"Table 2: source-class confidence over triangles (source, two blind "
-                    f"spots); {spread} over sources (n = sources, triangles)",
+                    f"spots){_grid_note(runs)}; {spread} over sources (n = sources, triangles)",
                     table(rows["2"], head + [h for h, _ in TABLE2])]
         else:
             out += ["", "Table 2: no hull statistics in these files (run full_eval with "
@@ -372,6 +401,22 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
                 f"{spread} over kept pairs",
                 table(rows["5"], HEADS["5"] + COLUMNS["5"])]
     return "\n".join(out)
+
+
+def _grid_note(runs: list[Run]) -> str:
+    """Table 2's title note on its grid points: all 66, the paper's 64, or which rows use 64."""
+    shown = [r for r in runs if r.kind in ("full_eval", "examples")]
+    with_table2 = [(label, r.results.get("triangle_points") == 64)
+                   for label, r in zip(labels(shown), shown) if "hull_stats" in r.results]
+    grid, paper = len(triangle_grid()), int(paper_grid_points().sum())
+    if not any(p for _, p in with_table2):
+        return f" at its {grid} grid points"
+    note = (f" at the paper's {paper} grid points (its float grid drops (0.8, 0.2) and "
+            "(0.9, 0.1); print_tables.py --triangle_points 66 shows all)")
+    if all(p for _, p in with_table2):
+        return note
+    return note + (f" in the rows {', '.join(label for label, p in with_table2 if p)}, at all "
+                   f"{grid} in the others")
 
 
 def matched_curves(runs: list[Run], key: str = "chords_kept_0.05"

@@ -193,6 +193,10 @@ BAD_INPUTS = [
      "--layers: layer 'head' is not a module of the model"),
     (["smallcnn-normal", "shapes", "--full_eval", "--matched_fractions", "0.5", "1"],
      r"--matched_fractions must be in \(0, 1\)"),
+    (["smallcnn-normal", "shapes", "--examples", "--protocol", "paper"],
+     "--protocol chooses the sources and targets of --full_eval"),
+    (["smallcnn-normal", "shapes", "--full_eval", "--protocol", "paper", "--target_classes", "3"],
+     "needs at least 2 --target_classes"),
 ]
 
 
@@ -246,6 +250,46 @@ def test_print_tables_bad_input(tmp_path, capsys):
     (tmp_path / "x_fulleval_dict.pkl").write_bytes(b"garbage")
     assert print_tables.main([str(tmp_path)]) == 2
     assert "x_fulleval_dict.pkl" in capsys.readouterr().err
+
+
+def test_protocol_paper_walks_the_example_images_through_derangements(tmp_path, capsys):
+    """--protocol paper: the pool is the example images of --target_classes, every pool image
+    is a source once and, in each round, a target once, never its own; the file says so, the
+    protocol is part of the run's identity, and Table 2 prints over the paper's 64 points."""
+    argv = ["smallcnn-normal", "shapes", "--full_eval", "--protocol", "paper", "--target_classes",
+            "all", "--rounds", "3", "--get_final_imgs", "--out_dir", str(tmp_path), *FAST]
+    assert cli.main(argv) == 0
+    stem = stem_for(argv)
+    assert "_10samples_" in stem and stem != stem_for(argv[:3] + argv[5:])  # another run than ours
+    saved = load_results(tmp_path / f"{stem}_fulleval_dict.pkl")
+    results, key = saved["results"], saved["args"]["run_key"]
+    assert results["protocol"] == "paper" and key["protocol"] == "paper"
+    assert key["classes"] == list(range(10)) and len(key["example_images"]) == 10
+    pool = np.arange(10)
+    np.testing.assert_array_equal(results["source_indices"], pool)  # ids: positions in the pool
+    np.testing.assert_array_equal(results["labels"], pool)  # one example image per class
+    for r in range(3):
+        targets = results["target_indices"][:, r]
+        assert sorted(targets) == list(pool) and (targets != pool).all()
+    assert sorted(p.name for p in tmp_path.glob("shapes_target_*.png")) == sorted(
+        f"shapes_target_{c}.png" for c in range(10))
+    capsys.readouterr()
+    assert print_tables.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "at the paper's 64 grid points" in printed and "Table 2b" in printed
+    row = [line for line in printed.splitlines() if line.startswith("SmallCNN")][1]  # Table 2
+    confs = load_results(tmp_path / f"{stem}_all_confs.pkl")["results"]["hull_confs"]
+    keep = lst.hull.paper_grid_points()
+    mean = confs.reshape(-1, 66)[:, keep].mean(axis=1).reshape(10, -1).mean(axis=1)
+    assert f"{mean.mean():.3f} ± {mean.std():.3f}" in row
+    assert print_tables.main([str(tmp_path), "--triangle_points", "66"]) == 0
+    every = capsys.readouterr().out
+    assert "at its 66 grid points" in every
+    stored = results["hull_stats"]["mean"]
+    assert f"{stored.mean():.3f} ± {stored.std():.3f}" in every
+    # the default protocol leaves the run key as it was
+    ours = cli.run_identity(*(lambda a: (a, cli.check_args(a)))(cli.parse_args(argv[:3] + argv[5:])))
+    assert "protocol" not in ours
 
 
 def test_cli_defaults_are_the_settings_defaults():

@@ -7,7 +7,8 @@ from PIL import Image
 from torch import nn
 
 from lst.data import DataConfig, DataError, dataset_labels, load_dataset
-from lst.sampling import assign_targets, random_classes, select_sources, select_targets
+from lst.sampling import (assign_targets, derangement_targets, random_classes, select_sources,
+                          select_targets)
 from lst.shapes import ShapesDataset
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -139,6 +140,20 @@ def test_assign_targets_other_class_and_independent_of_pool_split():
     assert (labels[t] != labels[:, None]).all()
     assert np.array_equal(t, assign_targets(labels, rounds=5, seed=0))
     assert np.array_equal(t[:, :3], assign_targets(labels, rounds=3, seed=0))
+
+
+def test_derangement_targets_give_every_pool_image_once_per_round_never_its_own():
+    for size, rounds, seed in ((2, 3, 0), (5, 5, 1), (10, 5, 0), (37, 4, 2)):
+        t = derangement_targets(size, rounds, seed)
+        assert t.shape == (size, rounds)
+        for r in range(rounds):
+            assert sorted(t[:, r]) == list(range(size))  # a target once per round
+            assert (t[:, r] != np.arange(size)).all()  # never its own
+        assert np.array_equal(t, derangement_targets(size, rounds, seed))
+        assert np.array_equal(t[:, :2], derangement_targets(size, 2, seed))  # round by round
+    assert not np.array_equal(derangement_targets(10, 5, 0), derangement_targets(10, 5, 1))
+    with pytest.raises(DataError, match="at least 2"):
+        derangement_targets(1, 5)
 
 
 def test_random_classes_are_valid_and_distinct():

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 import lst
-from lst.hull import (SEGMENT_DELTAS, delta_curve, limbs_and_chords, segment_grid, segment_stats,
-                      triangle_edges)
+from lst.hull import (SEGMENT_DELTAS, delta_curve, hull_stats, limbs_and_chords,
+                      paper_grid_points, segment_grid, segment_stats, table2_stats, triangle_edges,
+                      triangle_grid)
 from tests.conftest import frozen, linear_classifier
 
 
@@ -19,6 +20,36 @@ def test_grid_has_exactly_66_points_from_integers():
     assert len({tuple((g * 10).round().int().tolist()) for g in grid}) == 66
     assert grid[0].tolist() == [1.0, 0.0, 0.0]
     assert len(lst.triangle_grid(7)) == 36
+
+
+def test_the_papers_grid_keeps_64_points_by_its_own_float_test():
+    """The paper's code builds (t1, t2) from np.arange(11)/10 and skips 1 - t1 - t2 < 0."""
+    keep = paper_grid_points()
+    assert keep.sum() == 64
+    dropped = triangle_grid().numpy()[~keep]
+    np.testing.assert_allclose(dropped[:, 1:], [[0.8, 0.2], [0.9, 0.1]])  # (a, b): chord points
+    t = np.arange(11) / 10
+    assert sum(1 for t1 in t for t2 in t if not 1 - t1 - t2 < 0) == 64  # the loop, literally
+    edges = triangle_edges()
+    assert keep[0] and keep[edges["first"]].all() and keep[edges["second"]].all()
+
+
+def test_the_64_point_view_is_table_2_over_those_points():
+    rng = np.random.default_rng(0)
+    confs = rng.uniform(0.5, 1.0, size=(3, 6, 66))  # 3 sources, 6 triangles each
+    keep = paper_grid_points()
+    view = table2_stats(confs, keep)
+    flat = confs.reshape(-1, 66)
+    p_src = flat[:, 0]
+    np.testing.assert_allclose(view["mean"], flat[:, keep].mean(1).reshape(3, 6).mean(1))
+    np.testing.assert_allclose(view["frac_above_0.1"],
+                               (flat[:, keep] > p_src[:, None] - 0.1).mean(1).reshape(3, 6).mean(1))
+    every = table2_stats(confs)
+    for key in ("p_src", "edge_mean", "edge_min"):  # the source and its edges are all kept
+        np.testing.assert_array_equal(view[key], every[key])
+    assert not np.allclose(view["mean"], every["mean"])
+    with pytest.raises(ValueError, match="keep the source"):
+        hull_stats(flat, points=np.r_[False, keep[1:]])
 
 
 def test_constant_confidence_model():
