@@ -1,15 +1,17 @@
 """How much the adversarial term's size changes the blind spots: this tool's per-sample gradient
-against the paper's code, whose gradient is that of the batch's *mean* loss (docs/usage.md,
-"Differences from the paper's code").
+(the same as the authors' final code, commit 76b1cfa) against the authors' superseded May 2023
+code (commit 9430ae0), whose gradient is that of the batch's *mean* loss (docs/usage.md, "The
+May 2023 version of the authors' code").
 
     python benchmarks/paper_adv_term.py --cifar_path DIR --threads 2
 
-The paper's code accumulates `adv += eps/2 * g` with g the input gradient of
+The May 2023 code accumulates `adv += eps/2 * g` with g the input gradient of
 CrossEntropyLoss(reduction="mean"), so each sample's increment is 1/B of its own gradient's, B
-the number of sources in its batch. The projection does not depend on the gradient's scale, so
-dividing the gradient by B inside the engine reproduces the paper's arithmetic exactly. For each
-model, the same full_eval pairs (the paper's hyperparameters, batch B = --batch_size) run both
-ways, one after the other; it prints the Table 1 means and the accept rate.
+the number of sources in its batch; the final code sums the loss, as this tool does. The
+projection does not depend on the gradient's scale, so dividing the gradient by B inside the
+engine reproduces the May 2023 code's arithmetic exactly. For each model, the same full_eval
+pairs (the paper's hyperparameters, batch B = --batch_size) run both ways, one after the other;
+it prints the Table 1 means and the accept rate.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ OWN_GRADIENT = traversal._confidence_and_grad
 
 
 def mean_loss_gradient(model, x, labels, precision="fp32"):
-    """The paper's gradient: that of the batch's mean loss, each sample's divided by B."""
+    """The May 2023 code's gradient: that of the batch's mean loss, each sample's divided by B."""
     probs, grad = OWN_GRADIENT(model, x, labels, precision)
     return probs, grad / len(x)
 
@@ -53,7 +55,7 @@ def main() -> None:
     p.add_argument("--cifar_path", required=True)
     p.add_argument("--models", nargs="+", default=["resnet20-normal", "resnet20-linf"])
     p.add_argument("--num_samples", type=int, default=20, help="sources (x 5 targets each)")
-    p.add_argument("--batch_size", type=int, default=100, help="B of the paper's mean loss")
+    p.add_argument("--batch_size", type=int, default=100, help="B of the May 2023 code's mean loss")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     if args.threads:
@@ -65,7 +67,7 @@ def main() -> None:
         for paper in (False, True):
             r = run(model, dataset, args.num_samples, args.batch_size, paper)
             kept = r["kept"]
-            rows.append([name, f"paper's (1/{args.batch_size})" if paper else "this tool's",
+            rows.append([name, f"May 2023 (1/{args.batch_size})" if paper else "final code and this tool's",
                          int(kept.sum())] + [float(np.mean(r[k][kept])) for k in
                                               ("final_confs", "l2", "linf", "ssim", "accept_rate")])
     print(tabulate(rows, headers=["model", "adversarial term", "pairs", "final conf.",
