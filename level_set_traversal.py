@@ -472,10 +472,11 @@ def example_pool(model, dataset, args: argparse.Namespace, out_dir: Path, key: d
     from lst.experiments import example_image_digests, example_targets
 
     prefix = examples_prefix(args.dataset, data_root(args))
-    if rank.is_main:
-        example_targets(model, dataset, args.target_classes, out_dir, prefix)
-    distributed.barrier()
-    images, classes, _ = example_targets(model, dataset, args.target_classes, out_dir, prefix)
+    made = (example_targets(model, dataset, args.target_classes, out_dir, prefix)
+            if rank.is_main else None)
+    distributed.barrier()  # the other ranks read the images rank 0 made
+    images, classes, _ = made or example_targets(model, dataset, args.target_classes, out_dir,
+                                                 prefix)
     key["example_images"] = example_image_digests(out_dir, prefix, args.target_classes)
     return TensorDataset(images, classes)
 

@@ -133,9 +133,10 @@ def hull_stats(confs: torch.Tensor | np.ndarray, n: int = 10,
     p_src = confs[:, 0]
     edge_a, edge_b = confs[:, edges["first"]], confs[:, edges["second"]]
     if points is not None:
+        points = np.asarray(points, dtype=bool)
         if not (points[0] and points[edges["first"]].all() and points[edges["second"]].all()):
             raise ValueError("the points of a Table 2 view must keep the source and its edges")
-        confs = confs[:, np.asarray(points, dtype=bool)]
+        confs = confs[:, points]
     stats = {"p_src": p_src, "mean": confs.mean(axis=1)}
     for d in HULL_DELTAS:
         stats[f"frac_above_{d:g}"] = (confs > p_src[:, None] - d).mean(axis=1)
