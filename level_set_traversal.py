@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import time
 import warnings
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from lst.data import (DataError, check_root, dataset_info, dataset_label, exampl
 from lst.metrics import alexnet_weights_path
 from lst.progress import set_quiet
 from lst.results import ResultsError, WriteError
-from lst.identity import file_digest, run_key, weights_fingerprint
+from lst.identity import file_digest, loaded_key, run_key
 from lst.runstore import RunStore
 from lst.sampling import PROTOCOLS, random_classes
 from lst.traversal import LSTSettings
@@ -65,13 +64,12 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 def lst_settings(args: argparse.Namespace) -> LSTSettings:
     """The LSTSettings of the parsed flags, field by field (a switched-off term is None)."""
-    values = {}
+    values = {f.name: getattr(args, f.name) for f in fields(LSTSettings)}
+    checked = LSTSettings(**values)  # a switch's value is checked even while it is off
     for f in fields(LSTSettings):
-        value = getattr(args, f.name)
         if "switch" in f.metadata and not getattr(args, f.metadata["switch"]):
-            value = None
-        values[f.name] = value
-    return LSTSettings(**values)
+            values[f.name] = None
+    return replace(checked, **values)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--full_eval", action="store_true", help="many sources, Tables 1 and 2")
     add_settings_flags(p)
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--num_workers", type=int, default=0, help="(kept for the paper's commands)")
+    p.add_argument("--num_workers", type=int, default=0,
+                   help="full_eval: processes that read and decode the images (a torch "
+                        "DataLoader's workers; 0: the main process)")
     p.add_argument("--num_samples", type=int, default=1000, help="full_eval sources")
     p.add_argument("--rounds", type=int, default=5, help="full_eval targets per source")
     p.add_argument("--protocol", choices=PROTOCOLS, default="ours",
@@ -127,8 +127,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out_dir", default="plots_and_figures")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda; under torchrun each rank takes cuda:LOCAL_RANK")
-    p.add_argument("--restart", action="store_true",
+    p.add_argument("--fresh", action="store_true",
                    help="full_eval: discard saved partial results instead of resuming")
+    p.add_argument("--restart", action="store_true", help=argparse.SUPPRESS)  # --fresh, before
     p.add_argument("--overwrite", action="store_true",
                    help="recompute a run whose results file exists, and replace that file")
     p.add_argument("--compile", action="store_true",
@@ -161,8 +162,8 @@ def class_indices(values: list[str], names: tuple[str, ...], where: str) -> list
 
 
 def check_preprocessing(args: argparse.Namespace) -> None:
-    """--mean, --std and --image_size: values that can mean something, for a model that can
-    take them (a file or callable)."""
+    """--mean, --std and --image_size go with a model that can take them (a file or callable;
+    `models.load_model` checks the values of --mean and --std against the model)."""
     from models import model_kind
 
     given = [f"--{n}" for n in ("mean", "std", "image_size") if getattr(args, n) is not None]
@@ -171,16 +172,6 @@ def check_preprocessing(args: argparse.Namespace) -> None:
     if given and model_kind(args.model) == "name":
         raise DataError(f"{args.model} takes [0,1] images of its own size: {' and '.join(given)} "
                         "are for a TorchScript file or package.module:callable")
-    if (args.mean is None) != (args.std is None):
-        raise DataError("--mean and --std go together")
-    if args.mean is not None:
-        if len(args.mean) != len(args.std) or len(args.mean) not in (1, 3):
-            raise DataError(f"--mean and --std need 3 values each (RGB) or 1 (grayscale), got "
-                            f"{len(args.mean)} and {len(args.std)}")
-        if not all(math.isfinite(v) for v in args.mean + args.std):
-            raise DataError("--mean and --std must be finite numbers")
-        if any(s == 0 for s in args.std):
-            raise DataError("--std must not be 0")
     if args.image_size is not None:
         if len(args.image_size) not in (1, 2) or min(args.image_size) <= 0:
             raise DataError(f"--image_size takes H or H W, positive, got {args.image_size}")
@@ -192,12 +183,15 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
     fill in the dataset's default classes. Returns the LST settings of the flags."""
     root = data_root(args)
     info = check_root(args.dataset, root)  # a folder's classes: its folders, or classes.txt
-    # the settings check the rest
-    for name in ("iters", "batch_size", "num_samples", "rounds", "restarts"):
+    if args.restart:  # the old spelling of --fresh
+        print("warning: --restart is deprecated and will be removed: use --fresh (it discards "
+              "saved partial results; --restarts K walks each pair K times)", file=sys.stderr)
+        args.fresh = True
+    for name in ("batch_size", "num_samples", "rounds", "restarts"):  # the settings check theirs
         if getattr(args, name) <= 0:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
-    if not (math.isfinite(args.adv_step_size) and args.adv_step_size > 0):  # even unused
-        raise DataError(f"--adv_step_size must be a positive finite number, got {args.adv_step_size}")
+    if args.num_workers < 0:
+        raise DataError(f"--num_workers must be >= 0, got {args.num_workers}")
     try:
         settings = lst_settings(args)
     except ValueError as err:  # its message starts with the field's name, the flag's name
@@ -248,38 +242,27 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
 
 
 def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
-    """The run key of these flags (lst.identity.run_key): what decides the results. Keys that
-    only some runs have (judges, a user's model file, preprocessing) are absent otherwise, so
-    the run ids of runs without them stay as they were."""
+    """The run key of these flags (`lst.identity.run_key`), before any model is loaded."""
     from models import local_weights_file, model_file_digest, model_kind, model_name
 
-    sizes = ({"classes": args.target_classes} if args.examples else
-             {"num_samples": args.num_samples, "rounds": args.rounds,
-              "get_final_imgs": args.get_final_imgs})
-    if args.full_eval and args.protocol != "ours":  # absent for ours: run ids stay as they were
-        sizes.update(protocol=args.protocol, classes=args.target_classes,
-                     num_samples=len(args.target_classes))
-    if args.restarts > 1:
-        sizes["restarts"] = args.restarts
-    if model_kind(args.model) != "name":
-        sizes["model_file"] = model_file_digest(args.model)
+    root = data_root(args)
+    own = [m for m in [args.model] + args.transfer_models if model_kind(m) != "name"]
     preprocessing = {n: getattr(args, n) for n in ("mean", "std", "image_size")
                      if getattr(args, n) is not None}
-    if preprocessing:
-        sizes["preprocessing"] = preprocessing
-    if alexnet_weights_path() is not None:  # LPIPS is computed, not NaN: another run
-        sizes["lpips"] = True
-    if args.transfer_models:
-        sizes["transfer_models"] = [model_name(m) for m in args.transfer_models]
-        files = [local_weights_file(name, args.dataset) for name in args.transfer_models]
-        sizes["transfer_weights_files"] = [None if f is None else file_digest(f) for f in files]
-        if any(model_kind(m) != "name" for m in args.transfer_models):
-            sizes["transfer_model_files"] = [model_file_digest(m) for m in args.transfer_models]
-    root = data_root(args)
-    return run_key("examples" if args.examples else "full_eval", model_name(args.model),
-                   dataset_label(args.dataset, root), settings, data_root=root,
-                   weights_file=local_weights_file(args.model, args.dataset, args.load_model_path),
-                   **sizes)
+    return run_key(
+        "examples" if args.examples else "full_eval", model_name(args.model),
+        dataset_label(args.dataset, root), settings, classes=args.target_classes,
+        num_samples=args.num_samples, rounds=args.rounds, get_final_imgs=args.get_final_imgs,
+        protocol=args.protocol, restarts=args.restarts,
+        judges=[model_name(m) for m in args.transfer_models],
+        judge_weights_files=[None if f is None else file_digest(f) for f in
+                             (local_weights_file(m, args.dataset) for m in args.transfer_models)],
+        judge_model_files=([model_file_digest(m) for m in args.transfer_models]
+                           if set(own) & set(args.transfer_models) else None),
+        data_root=root, weights_file=local_weights_file(args.model, args.dataset,
+                                                        args.load_model_path),
+        model_file=model_file_digest(args.model) if args.model in own else None,
+        preprocessing=preprocessing, lpips=alexnet_weights_path() is not None)
 
 
 def results_flags(args: argparse.Namespace) -> dict:
@@ -361,13 +344,6 @@ def model_and_data(args: argparse.Namespace):
     return model, dataset, transfer_models
 
 
-def add_loaded_weights(key: dict, model, transfer_models: dict) -> None:
-    """Complete the run key with the fingerprints of the loaded weights (`LOADED_KEYS`)."""
-    key["weights"] = weights_fingerprint(model)
-    if transfer_models:
-        key["transfer_weights"] = [weights_fingerprint(m) for m in transfer_models.values()]
-
-
 class Interrupted(Exception):
     """Ctrl-C during a run; the message says what is saved."""
 
@@ -388,9 +364,8 @@ def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
     try:
         with store.open():
             model, dataset, transfer_models = model_and_data(args)
-            add_loaded_weights(key, model, transfer_models)
-            key["example_images"] = example_image_digests(store.out_dir, prefix,
-                                                          args.target_classes)
+            key = loaded_key(key, model, transfer_models, example_image_digests(
+                store.out_dir, prefix, args.target_classes))
             if not args.overwrite and store.finished("examples_dict", key):
                 return (f"already done: {store.path('examples_dict')} holds this run "
                         "(--load_dict redraws its figures, --overwrite recomputes it)")
@@ -398,7 +373,8 @@ def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
                                    out_dir=store.out_dir,
                                    dataset_name=prefix,
                                    batch_size=args.batch_size, transfer_models=transfer_models,
-                                   store=store, flags=results_flags(args), restarts=args.restarts)
+                                   store=store, run_key=key, flags=results_flags(args),
+                                   restarts=args.restarts)
             figures = plot_examples(results, [names[c] for c in results["classes"]],
                                     store.out_dir, store.stem, settings.width_distances)
     except KeyboardInterrupt:
@@ -423,11 +399,12 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
     key = run_identity(args, settings)
     store = RunStore.for_run(args.out_dir, key, desc=args.desc, rank=rank)
     try:
-        with store.open(restart=args.restart):
+        with store.open(restart=args.fresh):
             model, dataset, transfer_models = model_and_data(args)
-            add_loaded_weights(key, model, transfer_models)
+            key = loaded_key(key, model, transfer_models)
             if args.protocol == "paper":
-                dataset = example_pool(model, dataset, args, store.out_dir, key, rank)
+                dataset, digests = example_pool(model, dataset, args, store.out_dir, rank)
+                key = loaded_key(key, model, example_images=digests)
             done, error = None, None
             if rank.is_main:
                 try:
@@ -443,8 +420,8 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
             results, all_confs = run_full_eval(
                 model, dataset, settings, num_samples=args.num_samples, rounds=args.rounds,
                 batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, store=store,
-                rank=rank, transfer_models=transfer_models, flags=results_flags(args),
-                restarts=args.restarts, protocol=args.protocol)
+                rank=rank, transfer_models=transfer_models, run_key=key, flags=results_flags(args),
+                restarts=args.restarts, protocol=args.protocol, num_workers=args.num_workers)
             if not rank.is_main:
                 return None
             written = [store.path("fulleval_dict")] + ([] if all_confs is None
@@ -462,10 +439,10 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
             f"{', '.join(map(str, written))}")
 
 
-def example_pool(model, dataset, args: argparse.Namespace, out_dir: Path, key: dict, rank):
+def example_pool(model, dataset, args: argparse.Namespace, out_dir: Path, rank):
     """--protocol paper: the example images of --target_classes in out_dir (made as --examples
-    makes them where missing, by rank 0) as a dataset, items (image, class) in class order. Their
-    content hashes go into the run key, as for an examples run."""
+    makes them where missing, by rank 0) as a dataset, items (image, class) in class order, and
+    their content hashes (for the run key, as for an examples run)."""
     from torch.utils.data import TensorDataset
 
     from lst import distributed
@@ -477,8 +454,8 @@ def example_pool(model, dataset, args: argparse.Namespace, out_dir: Path, key: d
     distributed.barrier()  # the other ranks read the images rank 0 made
     images, classes, _ = made or example_targets(model, dataset, args.target_classes, out_dir,
                                                  prefix)
-    key["example_images"] = example_image_digests(out_dir, prefix, args.target_classes)
-    return TensorDataset(images, classes)
+    return (TensorDataset(images, classes),
+            example_image_digests(out_dir, prefix, args.target_classes))
 
 
 def schedule_note(results: dict, settings: LSTSettings) -> str:

@@ -8,14 +8,7 @@
                                                  # (and delta_matched.png: chords kept against f)
     python print_tables.py plots_and_figures/ --html           # also plots_and_figures/report.html
 
-full_eval files give Table 1 (over kept pairs), Table 2 (triangles, over sources; over 64 of the
-66 grid points, as the paper's code, with --triangle_points 64 or for runs of --protocol paper)
-and Table 2b
-(limbs and chords; both from files written with --get_final_imgs) and, with
---matched_fractions, Table 2c (limbs, chords and triangles at matched progress); examples files
-give Table 1 over their example pairs; files of runs with --transfer_models give Table 3 (blind
-spots of A judged by B), runs with --restarts Table 4 (K blind spots per pair), and runs with
---get_layers Table 5 (layer scores: where a blind spot becomes the source). Cells are mean ±
+Which files give which table: `lst.tables.TABLES` (also at the end of --help). Cells are mean ±
 std, or with --ci the mean and its 95% bootstrap interval over sources (2,000 resamples of
 sources, seeded). The companion _all_confs.pkl files give the delta curve of --plot OUT.png;
 full_evals with Table 2c give OUT_matched.png, chords kept within 0.05 against f; runs with
@@ -40,7 +33,8 @@ from lst.plots import plot_delta_curves, plot_layer_curves, plot_matched_curves
 from lst.report import write_report
 from lst.results import ResultsError
 from lst.tables import (FORMATS, TRIANGLE_POINTS, delta_curves, format_tables, layer_curves,
-                        load_run, matched_curves, table_records, with_triangle_points)
+                        load_run, matched_curves, table_records, tables_help,
+                        with_triangle_points)
 
 DEFAULT_FOLDER = "plots_and_figures"  # level_set_traversal.py's default --out_dir
 RECORD_FORMATS = ("csv", "json")
@@ -75,7 +69,8 @@ def print_records(records: list[dict], fmt: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                epilog=f"Tables: {tables_help()}")
     p.add_argument("files", nargs="*", default=[DEFAULT_FOLDER],
                    help=f"results files, globs or directories (default: {DEFAULT_FOLDER}/)")
     p.add_argument("--format", default="plain",

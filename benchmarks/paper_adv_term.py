@@ -24,14 +24,14 @@ import torch
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lst.traversal as traversal  # noqa: E402
+import lst.walk as walk  # noqa: E402
 from lst import LSTSettings  # noqa: E402
 from lst.data import load_dataset  # noqa: E402
 from lst.experiments import run_full_eval  # noqa: E402
 from models import load_model  # noqa: E402
 
 PAPER = dict(step_size=1e-2, iters=400, pthresh=0.2, adv_step_size=2e-3, log_step=20)
-OWN_GRADIENT = traversal._confidence_and_grad
+OWN_GRADIENT = walk.confidence_and_grad
 
 
 def mean_loss_gradient(model, x, labels, precision="fp32"):
@@ -41,12 +41,12 @@ def mean_loss_gradient(model, x, labels, precision="fp32"):
 
 
 def run(model, dataset, num_samples: int, batch_size: int, paper: bool) -> dict:
-    traversal._confidence_and_grad = mean_loss_gradient if paper else OWN_GRADIENT
+    walk.confidence_and_grad = mean_loss_gradient if paper else OWN_GRADIENT
     try:
         results, _ = run_full_eval(model, dataset, LSTSettings(**PAPER), num_samples=num_samples,
                                    rounds=5, batch_size=batch_size)
     finally:
-        traversal._confidence_and_grad = OWN_GRADIENT
+        walk.confidence_and_grad = OWN_GRADIENT
     return results
 
 

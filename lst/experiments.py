@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from .batching import chunks
 from .confidence import in_eval_mode, model_device
@@ -30,10 +30,10 @@ from .metrics import image_distances
 from .progress import progress_bar
 from .restarts import RESTART_FIELDS, restart_geometry
 from .results import atomic_write
-from .identity import file_digest, provenance, results_args, weights_fingerprint
+from .identity import file_digest, loaded_key, provenance, results_args, run_key as make_run_key
 from .runstore import ResumeError, RunStore
-from .sampling import (PROTOCOLS, assign_targets, derangement_targets, select_sources,
-                       select_targets)
+from .sampling import (PROTOCOLS, assign_targets, derangement_targets, example_image_names,
+                       select_sources, select_targets)
 from .transfer import judge_pairs
 from .traversal import LSTSettings, level_set_traversal
 
@@ -122,11 +122,6 @@ def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], 
     return torch.stack(images).float() / 255, torch.tensor(list(classes)), names
 
 
-def example_image_names(dataset_name: str, classes: Sequence[int]) -> list[str]:
-    """The file names of the example images: {dataset_name}_target_{class}.png."""
-    return [f"{dataset_name}_target_{c}.png" for c in classes]
-
-
 def example_image_digests(out_dir: str | Path, dataset_name: str, classes: Sequence[int]
                           ) -> list[str | None]:
     """The content hash of each saved example image (None where there is none yet): the run
@@ -139,8 +134,8 @@ def example_image_digests(out_dir: str | Path, dataset_name: str, classes: Seque
 def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], settings: LSTSettings,
                  *, out_dir: str | Path, dataset_name: str, batch_size: int = 64,
                  hull_chunk: int = 512, transfer_models: Mapping[str, nn.Module] | None = None,
-                 store: RunStore | None = None, flags: dict | None = None,
-                 restarts: int = 1) -> dict:
+                 store: RunStore | None = None, run_key: dict | None = None,
+                 flags: dict | None = None, restarts: int = 1) -> dict:
     """All-pairs LST between one image per class and everything the figures need.
 
     model: on [0,1] images (N,C,H,W) -> logits, on its device; dataset: items ((C,H,W) float in
@@ -148,7 +143,8 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     out_dir as {dataset_name}_target_{class}.png and reused). With a `store`
     (`RunStore.for_run` of an "examples" key, opened), the results file is written there
     ({stem}_examples_dict.pkl, args from `lst.identity.results_args` with `flags`), the same
-    file the command line writes.
+    file the command line writes, under `run_key` (default: the store's key), completed with
+    the loaded weights and the example images (`lst.identity.loaded_key`).
 
     Returns a dict (numpy arrays, K = len(classes)): images (K,C,H,W), labels (K,),
     target_files (the K example images' file names),
@@ -167,9 +163,6 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     origin = provenance()
     images, labels, target_files = example_targets(model, dataset, classes, Path(out_dir),
                                                    dataset_name)
-    if store is not None:  # the images decide the results: their content joins the run key
-        _key_of(store, model)["example_images"] = example_image_digests(
-            Path(out_dir), dataset_name, classes)
     k = len(classes)
     pairs = [(s, t) for s in range(k) for t in range(k) if s != t]
     src = torch.tensor([s for s, _ in pairs])
@@ -182,88 +175,105 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
         log.warning("this model misclassifies the saved %s image(s) of class(es) %s (picked by "
                     "another model and reused): they are left untraversed; give another "
                     "--out_dir to pick images for this model", dataset_name, missed)
-
-    def square(values: np.ndarray, diagonal) -> np.ndarray:
-        out = np.empty((k, k, *values.shape[1:]), dtype=values.dtype)
-        out[src.numpy(), tgt.numpy()] = values
-        for s in range(k):
-            out[s, s] = diagonal(s) if callable(diagonal) else diagonal
-        return out
-
-    blind = torch.from_numpy(run["final_images"])
-    results = {
-        "classes": list(classes), "images": images.numpy(), "labels": labels.numpy(),
-        "target_files": target_files,
-        "blind_spots": square(run["final_images"], lambda s: images[s].numpy()),
-        "init_confs": run["init_confs"].reshape(k, k - 1)[:, 0],
-        "log_iters": run["log_iters"],
-    }
-    init = results["init_confs"]
-    results["final_confs"] = square(run["final_confs"], lambda s: init[s])
-    results["kept"] = square(run["kept"], True)
-    for key in ("l2", "linf", "ssim", "lpips"):
-        results[key] = square(run[key], np.nan)
-    results["passes"] = square(run["passes"], 0)
-    results["distance_left"] = square(run["distance_left"], 0.0)
-    for key in ("confs_over_path", "distance_over_path", "images_over_path", "widths",
-                "matched_images"):
-        if run[key] is not None:
-            results[key] = square(run[key], 0)
-    if settings.get_layers:
-        results["layer_names"] = resolve_layers(model, settings.layers)
-        results["layer_scores"] = square(run["layer_scores"], np.nan)
-        results["layer_scores_over_path"] = square(run["layer_scores_over_path"], np.nan)
-    if run["matched_iters"] is not None:
-        results["matched_iters"] = square(run["matched_iters"], -1)
-        results["matched_confs"] = square(run["matched_confs"], np.nan)
+    square = PairSquare(k, src, tgt)
+    results = {"classes": list(classes), "images": images.numpy(), "labels": labels.numpy(),
+               "target_files": target_files,
+               "init_confs": run["init_confs"].reshape(k, k - 1)[:, 0]}
+    results.update(_examples_walks(run, square, images, results["init_confs"], settings, model))
     if restarts > 1:
-        spots = run["restart_final_images"]
-        results["restart_blind_spots"] = square(spots, lambda s: images[s].numpy()[None])
-        for name in RESTART_FIELDS:
-            results[f"restart_{name}"] = square(run[f"restart_{name}"],
-                                                0 if name == "passes" else np.nan)
-        geometry = restart_geometry(model, images[src], labels[src], images[tgt],
-                                    torch.from_numpy(spots), hull_chunk, settings.precision)
-        for key, value in geometry.items():
-            results[key] = square(value, np.nan)
+        results.update(_examples_restarts(model, run, square, images, labels, hull_chunk,
+                                          settings.precision))
     if transfer_models:
-        judged = judge_pairs(judges_of(model, transfer_models), blind, images[tgt], labels[src],
+        judged = judge_pairs(judges_of(model, transfer_models),
+                             torch.from_numpy(run["final_images"]), images[tgt], labels[src],
                              labels[tgt], sources=images[src],
                              progress=torch.from_numpy(1 - run["distance_left"]))
         results["transfer_models"] = list(transfer_models)
-        for key, value in judged.items():
-            results[key] = square(value, -1 if key.endswith("pred") else np.nan)
-    precision = settings.precision
-    results["limbs"] = square(segment_confidences(model, images[src], blind, labels[src],
-                                                  precision=precision).numpy(), np.nan)
-    results["straight"] = square(segment_confidences(model, images[src], images[tgt], labels[src],
-                                                     precision=precision).numpy(), np.nan)
+        results.update({key: square(value, -1 if key.endswith("pred") else np.nan)
+                        for key, value in judged.items()})
+    results.update(_examples_geometry(model, results, square, images, labels, hull_chunk,
+                                      settings.precision))
     results["float32_violations"] = float32_violations(run["init_confs"], run["final_confs"],
                                                        run["kept"], settings.pthresh)
-    # triangles: each source with every pair of its blind spots
-    hull_pairs = [(a, b) for a, b in combinations(range(k), 2)]
-    results["hull_pairs"] = np.array(hull_pairs)
-    confs = np.full((k, len(hull_pairs), len(triangle_grid())), np.nan, dtype=np.float32)
+    if store is not None:
+        key = loaded_key(run_key or store.key, model, transfer_models,
+                         example_image_digests(Path(out_dir), dataset_name, classes))
+        store.write("examples_dict", results_args(key, origin, flags), results)
+    return results
+
+
+class PairSquare:
+    """The K x K square of an examples run: values of the K(K-1) pairs (source src[m], target
+    tgt[m]) go off the diagonal, `diagonal` (a value, or a function of the class s) on it."""
+
+    def __init__(self, k: int, src: torch.Tensor, tgt: torch.Tensor) -> None:
+        self.k, self.src, self.tgt = k, src.numpy(), tgt.numpy()
+
+    def __call__(self, values: np.ndarray, diagonal) -> np.ndarray:
+        out = np.empty((self.k, self.k, *values.shape[1:]), dtype=values.dtype)
+        out[self.src, self.tgt] = values
+        for s in range(self.k):
+            out[s, s] = diagonal(s) if callable(diagonal) else diagonal
+        return out
+
+
+def _examples_walks(run: dict, square: PairSquare, images: torch.Tensor, init: np.ndarray,
+                    settings: LSTSettings, model: nn.Module) -> dict:
+    """The walks' own arrays as (K,K,...) squares: blind spots (the originals on the diagonal),
+    confidences, distances, passes and whatever was recorded along the paths."""
+    out = {"blind_spots": square(run["final_images"], lambda s: images[s].numpy()),
+           "log_iters": run["log_iters"],
+           "final_confs": square(run["final_confs"], lambda s: init[s]),
+           "kept": square(run["kept"], True),
+           "passes": square(run["passes"], 0), "distance_left": square(run["distance_left"], 0.0)}
+    out.update({key: square(run[key], np.nan) for key in ("l2", "linf", "ssim", "lpips")})
+    out.update({key: square(run[key], 0) for key in ("confs_over_path", "distance_over_path",
+                                                     "images_over_path", "widths",
+                                                     "matched_images") if run[key] is not None})
+    if settings.get_layers:
+        out["layer_names"] = resolve_layers(model, settings.layers)
+        out["layer_scores"] = square(run["layer_scores"], np.nan)
+        out["layer_scores_over_path"] = square(run["layer_scores_over_path"], np.nan)
+    if run["matched_iters"] is not None:
+        out["matched_iters"] = square(run["matched_iters"], -1)
+        out["matched_confs"] = square(run["matched_confs"], np.nan)
+    return out
+
+
+def _examples_restarts(model: nn.Module, run: dict, square: PairSquare, images: torch.Tensor,
+                       labels: torch.Tensor, hull_chunk: int, precision: str) -> dict:
+    """The restarts of every pair as squares, and their geometry (`restart_geometry`)."""
+    src, tgt = torch.from_numpy(square.src), torch.from_numpy(square.tgt)
+    spots = run["restart_final_images"]
+    out = {"restart_blind_spots": square(spots, lambda s: images[s].numpy()[None])}
+    for name in RESTART_FIELDS:
+        out[f"restart_{name}"] = square(run[f"restart_{name}"], 0 if name == "passes" else np.nan)
+    geometry = restart_geometry(model, images[src], labels[src], images[tgt],
+                                torch.from_numpy(spots), hull_chunk, precision)
+    out.update({key: square(value, np.nan) for key, value in geometry.items()})
+    return out
+
+
+def _examples_geometry(model: nn.Module, results: dict, square: PairSquare, images: torch.Tensor,
+                       labels: torch.Tensor, hull_chunk: int, precision: str) -> dict:
+    """Confidence along the limbs (source -> blind spot) and straight lines (source -> target),
+    and over each source's triangles with every pair of its blind spots."""
+    src, tgt = torch.from_numpy(square.src), torch.from_numpy(square.tgt)
     spots = torch.from_numpy(results["blind_spots"])
+    out = {"limbs": square(segment_confidences(model, images[src], spots[src, tgt], labels[src],
+                                               precision=precision).numpy(), np.nan),
+           "straight": square(segment_confidences(model, images[src], images[tgt], labels[src],
+                                                  precision=precision).numpy(), np.nan)}
+    k = square.k
+    hull_pairs = list(combinations(range(k), 2))
+    confs = np.full((k, len(hull_pairs), len(triangle_grid())), np.nan, dtype=np.float32)
     for s in range(k):  # the pairs without s itself (its diagonal holds the original)
         valid = [m for m, (a, b) in enumerate(hull_pairs) if s not in (a, b)]
         confs[s, valid] = source_hull_confidences(model, images[s], labels[s], spots[s],
                                                   [hull_pairs[m] for m in valid],
                                                   chunk_size=hull_chunk, precision=precision)
-    results["hull_confs"] = confs
-    if store is not None:
-        key = _key_of(store, model)
-        store.write("examples_dict", results_args(key, origin, flags), results)
-    return results
-
-
-def _key_of(store: RunStore, model: nn.Module) -> dict:
-    """The store's run key, completed with the model's weights fingerprint (in place, so that
-    the caller's key is the one written)."""
-    if store.key is None:
-        raise ValueError("the store has no run key: make it with RunStore.for_run")
-    store.key.setdefault("weights", weights_fingerprint(model))
-    return store.key
+    out.update(hull_pairs=np.array(hull_pairs), hull_confs=confs)
+    return out
 
 
 def judges_of(model: nn.Module, transfer_models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
@@ -322,32 +332,160 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
                   hull_chunk: int = 512, store: RunStore | None = None,
                   run_key: dict | None = None, rank: Rank = Rank(),
                   transfer_models: Mapping[str, nn.Module] | None = None,
-                  flags: dict | None = None, restarts: int = 1, protocol: str = "ours"
-                  ) -> tuple[dict | None, dict | None]:
+                  flags: dict | None = None, restarts: int = 1, protocol: str = "ours",
+                  num_workers: int = 0) -> tuple[dict | None, dict | None]:
     """LST from `num_samples` sources to `rounds` targets each, resumable and sharded.
 
     protocol "ours" (the default): `num_samples` sources spread over the classes and targets of
-    other classes (`lst.sampling`). "paper", the paper's final code's full_eval: every image of
-    `dataset` is a source (the pool: there, the example images of a folder; num_samples is not
-    used), and round r's targets are a random derangement of the pool
-    (`lst.sampling.derangement_targets`); results["protocol"] = "paper".
+    other classes (`lst.sampling`). "paper", the paper's final code's: every image of `dataset`
+    is a source (num_samples is not used), and round r's targets are a random derangement of
+    them (`lst.sampling.derangement_targets`); results["protocol"] = "paper".
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
     does not depend on the batch size, the number of processes or a resume. With a `store`
     (opened), every finished batch is saved there atomically with the run key, and a rerun with
     the same key skips the pairs already done; a saved plan or part with another key raises
     ResumeError. run_key: the run's identity (`lst.identity.run_key`; by default the store's
-    key, else the settings and sizes); the model's `weights_fingerprint` is added unless the key
-    has "weights". A store made for the run (`RunStore.for_run`, opened) also gets the final
+    key, else one made of the arguments, the model's class name and the dataset's), completed
+    with the loaded weights (`lst.identity.loaded_key`). A store made for the run (`RunStore.for_run`, opened) also gets the final
     results files, as the command line writes them ({stem}_all_confs.pkl with get_final_imgs,
     then {stem}_fulleval_dict.pkl, args from `lst.identity.results_args` with `flags`), and its
     partial state is removed.
     Under torch.distributed (`rank`), rank r takes the pairs k % world == r; rank 0 merges all
-    parts (the store must then be on a filesystem all ranks share).
+    parts (the store must then be on a filesystem all ranks share). num_workers: processes that
+    read the pairs' images (a torch DataLoader's workers; 0: this process).
 
-    Returns (results, all_confs) on rank 0 and (None, None) elsewhere. results (N sources, R
-    rounds): source_indices (N,), labels (N,), target_indices / target_labels (N,R), init_confs
-    (N,R) (p0 of the source, per pair), final_confs, kept, accept_rate, passes, distance_left,
+    Returns (results, all_confs) on rank 0 and (None, None) elsewhere (`_full_eval_results`
+    lists their arrays).
+    """
+    started, origin = time.time(), provenance()
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    run_key = run_key or (store.key if store is not None else None)
+    if run_key is None:  # a run of the library without a key: what decides its results
+        run_key = make_run_key(
+            "full_eval", type(getattr(model, "_orig_mod", model)).__name__,
+            type(dataset).__name__, settings, num_samples=num_samples, rounds=rounds,
+            get_final_imgs=get_final_imgs, protocol=protocol, restarts=restarts,
+            judges=list(transfer_models or ()), classes=dataset_labels(dataset).tolist())
+    run_key = loaded_key(run_key, model, transfer_models)
+    plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, store, run_key, rank,
+                           protocol)
+    pairs = FullEvalPairs(dataset, plan["pool"], plan["targets"], rounds)
+    n_pairs = len(pairs.pool) * rounds
+    barrier()
+    done = np.zeros(n_pairs, dtype=bool)
+    done[store.done_pair_ids(run_key) if store is not None else []] = True
+    todo = np.flatnonzero(~done)
+    seconds = {"traversal": 0.0, "restarts": 0.0, "transfer": 0.0}
+    in_memory = []  # the parts, without a store
+    with progress_bar(total=n_pairs, initial=int(done.sum()), desc="full eval (pairs)",
+                      disable=not rank.is_main, smoothing=0.05) as bar:
+        for part in _walk_pairs(model, pairs, todo[todo % rank.world_size == rank.rank],
+                                settings, batch_size, hull_chunk, get_final_imgs,
+                                transfer_models, restarts, seconds, num_workers):
+            if store is not None:
+                store.save_part(run_key, part)
+            else:
+                in_memory.append(part)
+            bar.update(len(part["pair_ids"]) * rank.world_size)
+    barrier()
+    if not rank.is_main:
+        return None, None
+    merged = _merge_parts(store.iter_parts(run_key) if store is not None else in_memory, n_pairs)
+    in_memory.clear()
+    results, all_confs = _full_eval_results(model, dataset, pairs, merged, settings,
+                                            get_final_imgs, transfer_models, protocol,
+                                            hull_chunk, seconds)
+    log.info("full eval: %d pairs in %.0f s (%s), mean final confidence %.3f", n_pairs,
+             time.time() - started, ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
+             float(np.nanmean(results["final_confs"])))
+    if store is not None and store.key is not None:  # the results dict last: a run counts as
+        file_args = results_args(run_key, origin, flags)  # done once it exists
+        for kind, values in (("all_confs", all_confs), ("fulleval_dict", results)):
+            if values is not None:
+                store.write(kind, file_args, values)
+        store.finish()
+    return results, all_confs
+
+
+class FullEvalPairs:
+    """The pairs of a full_eval: pair k = (source pool[k // rounds], its target in round
+    k % rounds, pool[targets[k // rounds, k % rounds]]), images read from `dataset`."""
+
+    def __init__(self, dataset: Dataset, pool: np.ndarray, targets: np.ndarray, rounds: int):
+        self.dataset, self.pool, self.targets, self.rounds = dataset, pool, targets, rounds
+
+    def batches(self, ids: np.ndarray, batch_size: int, num_workers: int = 0) -> DataLoader:
+        """The pairs `ids` in order, batch_size at a time, as (sources (B,C,H,W), their labels
+        (B,), targets, their labels), read by `num_workers` processes (0: this one)."""
+        return DataLoader(_PairItems(self, ids), batch_size=batch_size, shuffle=False,
+                          num_workers=num_workers)
+
+
+class _PairItems(Dataset):
+    """Item k: (source image, label, target image, label) of pair ids[k]."""
+
+    def __init__(self, pairs: FullEvalPairs, ids: np.ndarray) -> None:
+        self.pairs, self.ids = pairs, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: int) -> tuple:
+        p = self.pairs
+        source, round_ = divmod(int(self.ids[k]), p.rounds)
+        image, label = p.dataset[int(p.pool[source])]
+        target, target_label = p.dataset[int(p.pool[p.targets[source, round_]])]
+        return image, int(label), target, int(target_label)
+
+
+def _walk_pairs(model: nn.Module, pairs: FullEvalPairs, mine: np.ndarray, settings: LSTSettings,
+                batch_size: int, hull_chunk: int, get_final_imgs: bool,
+                transfer_models: Mapping[str, nn.Module] | None, restarts: int,
+                seconds: dict, num_workers: int = 0) -> Iterable[dict]:
+    """The results of the pairs `mine`, one batch at a time (a dict of numpy arrays with their
+    "pair_ids"; images 8-bit with get_final_imgs, else left out). Adds to `seconds`."""
+    judges = judges_of(model, transfer_models) if transfer_models else None
+    batches = pairs.batches(mine, batch_size, num_workers)
+    for part, (src_images, src_labels, tgt_images, tgt_labels) in zip(
+            chunks(len(mine), batch_size), batches):
+        ids = mine[part]
+        clock = time.time()
+        run = traverse_in_batches(model, src_images, src_labels, tgt_images, tgt_labels,
+                                  ids.tolist(), settings, batch_size, progress=False,
+                                  restarts=restarts)
+        seconds["traversal"] += time.time() - clock
+        if restarts > 1:
+            clock = time.time()
+            run.update(restart_geometry(model, src_images, src_labels, tgt_images,
+                                        torch.from_numpy(run["restart_final_images"]),
+                                        hull_chunk, settings.precision))
+            seconds["restarts"] += time.time() - clock
+        if judges is not None:
+            clock = time.time()
+            run.update(judge_pairs(judges, torch.from_numpy(run["final_images"]), tgt_images,
+                                   src_labels, tgt_labels, sources=src_images,
+                                   progress=torch.from_numpy(1 - run["distance_left"])))
+            seconds["transfer"] += time.time() - clock
+        for key in ("final_images", "matched_images", "restart_final_images"):
+            if run.get(key) is not None and get_final_imgs:  # 8-bit, as the results hold them
+                run[key] = to_uint8(run[key])
+            else:
+                run.pop(key, None)
+        run["pair_ids"] = ids
+        yield run
+
+
+def _full_eval_results(model: nn.Module, dataset: Dataset, pairs: FullEvalPairs, merged: dict,
+                       settings: LSTSettings, get_final_imgs: bool,
+                       transfer_models: Mapping[str, nn.Module] | None, protocol: str,
+                       hull_chunk: int, seconds: dict) -> tuple[dict, dict | None]:
+    """The results dict of a full_eval (and all_confs with get_final_imgs) from its merged
+    pairs: arrays reshaped (N sources, R rounds, ...), Tables 2 and 2b, matched geometry.
+
+    results (N sources, R rounds): source_indices (N,), labels (N,), target_indices /
+    target_labels (N,R), init_confs (N,R) (p0 of the source, per pair), final_confs, kept, accept_rate, passes, distance_left,
     l2, linf, ssim, lpips (N,R), float32_violations (a float, see `float32_violations`), path
     recordings (N,R,...) when asked, and with get_final_imgs final_images
     (N,R,C,H,W) uint8, hull_stats (dict of (N,) arrays, Table 2) and segment_stats (dict of
@@ -364,75 +502,7 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     None): hull_pairs (M,2) round pairs, hull_confs (N,M,66), limb_confs (N,R,21) and
     chord_confs (N,M,21), float32.
     """
-    started, origin = time.time(), provenance()
-    if run_key is None and store is not None and store.key is not None:
-        run_key = _key_of(store, model)
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if run_key is None:
-        run_key = {"settings": settings.as_dict(), "num_samples": num_samples, "rounds": rounds,
-                   "get_final_imgs": get_final_imgs}
-        if protocol != "ours":  # left out for ours: the keys of before stay as they were
-            run_key.update(protocol=protocol, num_samples=len(dataset))
-    run_key = dict(run_key)
-    run_key.setdefault("weights", weights_fingerprint(model))
-    plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, store, run_key, rank,
-                           protocol)
-    pool, targets = plan["pool"], plan["targets"]
-    n_pairs = len(pool) * rounds
-    barrier()
-    done = np.zeros(n_pairs, dtype=bool)
-    if store is not None:
-        done[store.done_pair_ids(run_key)] = True
-    todo = np.flatnonzero(~done)
-    mine = todo[todo % rank.world_size == rank.rank]
-    in_memory = []
-    judges = judges_of(model, transfer_models) if transfer_models else None
-    seconds = {"traversal": 0.0, "restarts": 0.0, "transfer": 0.0}
-    source_of, round_of = mine // rounds, mine % rounds
-    with progress_bar(total=n_pairs, initial=int(done.sum()), desc="full eval (pairs)",
-              disable=not rank.is_main, smoothing=0.05) as bar:
-        for part in chunks(len(mine), batch_size):
-            ids = mine[part]
-            src_images, src_labels = stack_items(dataset, pool[source_of[part]])
-            tgt_images, tgt_labels = stack_items(dataset,
-                                                 pool[targets[source_of[part], round_of[part]]])
-            clock = time.time()
-            run = traverse_in_batches(model, src_images, src_labels, tgt_images, tgt_labels,
-                                      ids.tolist(), settings, batch_size, progress=False,
-                                      restarts=restarts)
-            seconds["traversal"] += time.time() - clock
-            if restarts > 1:
-                clock = time.time()
-                run.update(restart_geometry(model, src_images, src_labels, tgt_images,
-                                            torch.from_numpy(run["restart_final_images"]),
-                                            hull_chunk, settings.precision))
-                seconds["restarts"] += time.time() - clock
-            if judges is not None:
-                clock = time.time()
-                run.update(judge_pairs(judges, torch.from_numpy(run["final_images"]), tgt_images,
-                                       src_labels, tgt_labels, sources=src_images,
-                                       progress=torch.from_numpy(1 - run["distance_left"])))
-                seconds["transfer"] += time.time() - clock
-            for key in ("final_images", "matched_images", "restart_final_images"):
-                if key not in run or run[key] is None:
-                    continue
-                if get_final_imgs:  # 8-bit, as the results hold them (147 KB at 224x224)
-                    run[key] = to_uint8(run[key])
-                else:
-                    run.pop(key)
-            run["pair_ids"] = ids
-            if store is not None:
-                store.save_part(run_key, run)
-            else:
-                in_memory.append(run)
-            bar.update(len(ids) * rank.world_size)
-    barrier()
-    if not rank.is_main:
-        return None, None
-    merged = _merge_parts(store.iter_parts(run_key) if store is not None else in_memory, n_pairs)
-    in_memory.clear()
-    n = len(pool)
+    pool, targets, rounds, n = pairs.pool, pairs.targets, pairs.rounds, len(pairs.pool)
     labels = dataset_labels(dataset)[pool]
     results = {"source_indices": pool, "labels": labels, "target_indices": pool[targets],
                "target_labels": labels[targets], "log_iters": merged.pop("log_iters")}
@@ -458,15 +528,6 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
                                                        results["final_confs"], results["kept"],
                                                        settings.pthresh)
     results["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    log.info("full eval: %d pairs in %.0f s (%s), mean final confidence %.3f", n_pairs,
-             time.time() - started, ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
-             float(np.nanmean(results["final_confs"])))
-    if store is not None and store.key is not None:
-        file_args = results_args(run_key, origin, flags)
-        if all_confs is not None:  # the results dict last: a run counts as done once it exists
-            store.write("all_confs", file_args, all_confs)
-        store.write("fulleval_dict", file_args, results)
-        store.finish()
     return results, all_confs
 
 
@@ -480,7 +541,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 def _merge_parts(parts: Iterable[dict], n_pairs: int) -> dict:
     """Per-batch results, read one batch at a time, into arrays indexed by pair id
     (0..n_pairs-1): memory holds the merged arrays and one batch, never all batches at once.
-    final_images come out 8-bit (parts saved before they were stored 8-bit are rounded here)."""
+    Parts with other fields or shapes than the first raise ResumeError (never a row left
+    unwritten). final_images come out 8-bit (parts saved before they were stored 8-bit are rounded here)."""
     merged, seen = None, np.zeros(n_pairs, dtype=bool)
     for part in parts:
         ids = np.asarray(part["pair_ids"], dtype=np.int64)
@@ -490,6 +552,13 @@ def _merge_parts(parts: Iterable[dict], n_pairs: int) -> dict:
             merged = {"log_iters": part["log_iters"]}
             merged.update({k: np.empty((n_pairs, *v.shape[1:]), dtype=v.dtype)
                            for k, v in arrays.items()})
+        fields = {k: v.shape[1:] for k, v in merged.items() if k != "log_iters"}
+        if {k: v.shape[1:] for k, v in arrays.items()} != fields:
+            differ = sorted(set(fields) ^ set(arrays)) or sorted(
+                k for k in fields if fields[k] != arrays[k].shape[1:])
+            raise ResumeError(f"saved parts hold different fields ({', '.join(differ)}; pairs "
+                              f"{int(ids[0])}-{int(ids[-1])}): they were written by another "
+                              "version of this tool; start the run again with --fresh")
         if seen[ids].any():
             raise ResumeError(f"pair {int(ids[seen[ids]][0])} is saved twice")
         seen[ids] = True

@@ -14,13 +14,15 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .results import plain, results_stem
-from .traversal import LSTSettings
+from .schema import SCHEMA_VERSION
+from .settings import LSTSettings
 
 # known once the models are loaded (and, for examples, the saved example images used): checked
 # against every saved file, never part of the run id
@@ -28,21 +30,63 @@ LOADED_KEYS = ("weights", "transfer_weights", "example_images")
 
 
 def run_key(mode: str, model: str, dataset: str, settings: LSTSettings, *,
+            classes: Sequence[int] | None = None, num_samples: int | None = None,
+            rounds: int | None = None, get_final_imgs: bool = False, protocol: str = "ours",
+            restarts: int = 1, judges: Sequence[str] = (),
+            judge_weights_files: Sequence[str | None] | None = None,
+            judge_model_files: Sequence[str | None] | None = None,
             data_root: str | Path | None = None, weights_file: str | Path | None = None,
-            **sizes) -> dict:
-    """Every argument that decides a run's results, as plain values.
+            model_file: str | None = None, preprocessing: dict | None = None,
+            lpips: bool = False) -> dict:
+    """Every argument that decides a run's results, as plain values: the one builder of run
+    keys, for the command line and the library alike.
 
-    mode: "examples" or "full_eval"; data_root: the dataset's folder (resolved, so a relative
-    path names the same data); weights_file: a local weights file known before the model is
-    loaded (its content hash goes in, so retrained weights get another name); sizes: the mode's
-    own arguments (classes; num_samples, rounds, get_final_imgs). The model's state-dict
-    fingerprint is added once the model is loaded (`weights`).
+    mode: "examples" (classes: its K classes) or "full_eval" (num_samples, rounds,
+    get_final_imgs; protocol "paper" adds the pool's classes); restarts: walks per pair; judges:
+    the names of the transfer models (judge_weights_files / judge_model_files: the content
+    hashes of their local weights and model files, where the command line knows them);
+    data_root: the dataset's folder (resolved, so a relative path names the same data);
+    weights_file: a local weights file known before the model is loaded, model_file: the
+    content hash of a user's model file (so retrained weights or an edited model make another
+    run); preprocessing: --mean/--std/--image_size as given; lpips: LPIPS is computed (its
+    weights are there), not NaN.
+
+    Arguments at their defaults (restarts 1, protocol ours, no judges, ...) are left out, so the
+    run ids of runs made before they existed stay as they were. What is known only once the
+    models are loaded is added by `loaded_key`.
     """
     key = {"mode": mode, "model": model, "dataset": dataset, "settings": settings.as_dict(),
            "data_root": None if data_root is None else str(Path(data_root).expanduser().resolve()),
            "weights_file": None if weights_file is None else file_digest(weights_file)}
-    key.update(sizes)
+    if mode == "examples":
+        key["classes"] = list(classes)
+    else:
+        key.update(num_samples=num_samples, rounds=rounds, get_final_imgs=bool(get_final_imgs))
+    if protocol != "ours":
+        key.update(protocol=protocol, classes=list(classes), num_samples=len(classes))
+    optional = {"restarts": restarts if restarts > 1 else None, "model_file": model_file,
+                "preprocessing": preprocessing or None, "lpips": True if lpips else None,
+                "transfer_models": list(judges) or None,
+                "transfer_weights_files": judge_weights_files if judges else None,
+                "transfer_model_files": judge_model_files if judges else None}
+    key.update({name: value for name, value in optional.items() if value is not None})
     return plain(key)
+
+
+def loaded_key(key: dict, model: nn.Module, transfer_models: Mapping[str, nn.Module] | None = None,
+               example_images: Sequence[str | None] | None = None) -> dict:
+    """The run key completed with what is known once the models are loaded (`LOADED_KEYS`): the
+    weights fingerprints of the model and of the transfer models (computed only where the key
+    has none yet) and, when given, the content hashes of the example images used. A new dict;
+    the run id does not change."""
+    key = dict(key)
+    if "weights" not in key:
+        key["weights"] = weights_fingerprint(model)
+    if transfer_models and "transfer_weights" not in key:
+        key["transfer_weights"] = [weights_fingerprint(m) for m in transfer_models.values()]
+    if example_images is not None:
+        key["example_images"] = list(example_images)
+    return key
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -86,9 +130,10 @@ def run_stem(key: dict, desc: str = "") -> str:
 
 def results_args(key: dict, origin: dict, flags: dict | None = None) -> dict:
     """The `args` of a results file: the flags (command line; none from Python), the model and
-    dataset names of the key, the full run key, the run id and where the results come from
-    (`provenance`, with the time it finished)."""
+    dataset names of the key, the full run key, the file's `lst.schema.SCHEMA_VERSION`, the run
+    id and where the results come from (`provenance`, with the time it finished)."""
     return {**(flags or {}), "model": key["model"], "dataset": key["dataset"], "run_key": key,
+            "schema_version": SCHEMA_VERSION,
             "run_id": run_id({k: v for k, v in key.items() if k not in LOADED_KEYS}),
             "provenance": dict(origin, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))}
 

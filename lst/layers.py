@@ -32,8 +32,15 @@ def default_layers(model: nn.Module) -> list[str]:
     layer), else a transformer's patch embedding, blocks (`blocks.0`, ...) and final norm, else
     a ResNet's stages (`layer1`..`layer4`, or `block1`..`block3` of a WideResNet) and its
     pooling. Names are full
-    `named_modules` names (a wrapper's prefix included). ValueError if none of these applies."""
-    return [INPUT] + _architecture_layers(model)
+    `named_modules` names (a wrapper's prefix included; of a `torch.compile`d model, the names
+    of the module it compiled). ValueError if none of these applies."""
+    return [INPUT] + _architecture_layers(uncompiled(model))
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module inside a `torch.compile` wrapper (the model itself otherwise): layer names are
+    its names, and representations run it eagerly, so forward hooks see every module."""
+    return getattr(model, "_orig_mod", model)
 
 
 def _architecture_layers(model: nn.Module) -> list[str]:
@@ -67,6 +74,7 @@ def resolve_layers(model: nn.Module, names: Sequence[str]) -> list[str]:
     the first name that is neither a module of the model nor "input", and some names that are."""
     if not names:
         return default_layers(model)
+    model = uncompiled(model)
     modules = dict(model.named_modules())
     missing = [n for n in names if n != INPUT and (n not in modules or n == "")]
     if missing:
@@ -90,7 +98,8 @@ def representations(model: nn.Module, images: torch.Tensor, layers: Sequence[str
     """The outputs of the named modules for (N,C,H,W) images in [0,1], in float32, one
     (N, D_layer) tensor per layer on the model's device (flattened; a tuple output's first
     element; "input": the images' pixels). Evaluated `chunk_size` images at a time (fewer for
-    large images)."""
+    large images); a `torch.compile`d model's inner module runs, eagerly (`uncompiled`)."""
+    model = uncompiled(model)
     device = model_device(model)
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}

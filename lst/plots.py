@@ -354,6 +354,6 @@ def plot_examples(results: dict, class_names: Sequence[str], out_dir: Path, stem
         paths.append(plot_widths(results, width_distances, out_dir / f"{stem}_widths.png"))
     if "images_over_path" in results:
         paths.append(plot_path_strip(results, class_names, 0, 1, out_dir / f"{stem}_path.png"))
-        if "confs_over_path" in results:  # results files written before it was recorded with
+        if "confs_over_path" in results:  # optional in files of before (lst.schema)
             paths.append(animate_path(results, class_names, 0, 1, out_dir / f"{stem}_path.gif"))
     return paths

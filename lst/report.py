@@ -10,7 +10,6 @@ import html
 import time
 from pathlib import Path
 
-from .experiments import example_image_names
 from .results import atomic_write
 from .tables import Run, format_tables, labels, run_arguments, show_value
 
@@ -36,13 +35,10 @@ def _figures(folder: Path, run: Run) -> list[Path]:
 
 
 def _targets(folder: Path, run: Run) -> list[Path]:
-    """The example images of an examples run (its target_files; {dataset}_target_{class}.png
-    for results written before they were kept), in class order."""
+    """The example images of an examples run (its target_files), in class order."""
     if run.kind != "examples":
         return []
-    names = (run.results.get("target_files")
-             or example_image_names(run.args["dataset"], run.results["classes"]))
-    found = [folder / name for name in names]
+    found = [folder / name for name in run.results["target_files"]]
     return [p for p in found if p.is_file()]
 
 

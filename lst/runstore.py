@@ -32,6 +32,7 @@ import numpy as np
 
 from .distributed import Rank, barrier, broadcast
 from .identity import key_differences, run_stem
+from .schema import upgrade
 from .results import (ResultsError, load_header, load_results, load_with_header, plain,
                       save_results, save_with_header)
 
@@ -89,8 +90,11 @@ class RunStore:
         return save_results(self.path(kind), args, results, separate=separate)
 
     def read(self, kind: str) -> dict:
-        """The results dict of the final results file of `kind` (ResultsError if unreadable)."""
-        return load_results(self.path(kind))["results"]
+        """The results dict of the final results file of `kind`, at the current schema
+        (`lst.schema.upgrade`; ResultsError if unreadable)."""
+        path = self.path(kind)
+        mode = {"examples_dict": "examples", "fulleval_dict": "full_eval"}.get(kind, kind)
+        return upgrade(load_results(path), mode, str(path))["results"]
 
     # -- the run's lifetime ---------------------------------------------------------------
 

@@ -169,3 +169,8 @@ def random_classes(num_classes: int, count: int, seed: int = 0) -> list[int]:
     if not 0 < count <= num_classes:
         raise DataError(f"cannot draw {count} distinct classes out of {num_classes}")
     return sorted(np.random.default_rng(seed).choice(num_classes, count, replace=False).tolist())
+
+
+def example_image_names(dataset_name: str, classes: Sequence[int]) -> list[str]:
+    """The file names of the example images: {dataset_name}_target_{class}.png."""
+    return [f"{dataset_name}_target_{c}.png" for c in classes]

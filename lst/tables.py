@@ -11,7 +11,7 @@ row says its n: sources and pairs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ from .hull import (DELTA_CURVE, HULL_DELTAS, SEGMENT_DELTAS, delta_curve, paper_
                    table2_stats, triangle_grid)
 from .restarts import restart_stats
 from .results import ResultsError, load_results
-from .traversal import LSTSettings
+from .schema import upgrade
+from .settings import LSTSettings
 from .uncertainty import estimate
 
 ARCH_NAMES = {"resnet50": "ResNet-50", "deit_small_patch16_224": "DeiT-S", "wideresnet": "WRN-28-10",
@@ -29,24 +30,99 @@ ARCH_NAMES = {"resnet50": "ResNet-50", "deit_small_patch16_224": "DeiT-S", "wide
 TYPE_NAMES = {"normal": "", "linf": " (AT)"}
 FORMATS = {"plain": "simple", "github": "github", "latex": "latex_raw", "html": "html"}
 
-TABLE1 = [("p0", "init_confs"), ("final conf.", "final_confs"), ("L2 (norm.)", "l2"),
-          ("Linf", "linf"), ("SSIM", "ssim"), ("LPIPS", "lpips")]
-TABLE2 = ([("p_src", "p_src"), ("mean conf.", "mean")]
-          + [(f"frac > p_src-{d:g}", f"frac_above_{d:g}") for d in HULL_DELTAS]
-          + [("edge mean", "edge_mean"), ("edge min (p-p_src)", "edge_min")])
-TABLE2B = [(f"{kind} kept d={d:g}", f"{kind}_kept_{d:g}") for d in SEGMENT_DELTAS
-           for kind in ("limbs", "chords")]
-TABLE2C = [("reached f", "reached")] + [
-    (f"{kind} kept d={d:g}", f"{kind}_kept_{d:g}") for d in SEGMENT_DELTAS
-    for kind in ("limbs", "chords", "triangles")]
-TABLE3 = ["as source", "as target", "as other", "B's p(source)"]
+RUN_HEAD = ("model", "dataset", "sources", "pairs")
+SEGMENT_COLUMNS = tuple((f"{kind} kept d={d:g}", f"{kind}_kept_{d:g}") for d in SEGMENT_DELTAS
+                        for kind in ("limbs", "chords"))
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table: its key in `table_cells`, its title ({spread}: what a cell is; {grid}: Table
+    2's grid note), the head columns that say what a row is, its value columns as (header,
+    results key) (key "" where the column is computed, not read), and which results files give
+    it (`tables_help`, print_tables.py's help). The one home of each table."""
+
+    key: str
+    title: str
+    head: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]
+    given_by: str
+
+    @property
+    def headers(self) -> list[str]:
+        return [*self.head, *(h for h, _ in self.columns)]
+
+
+TABLES = (
+    Table("1", "Table 1: blind spots vs. their targets ({spread} over kept pairs; n = sources, "
+          "kept pairs)", RUN_HEAD,
+          (("p0", "init_confs"), ("final conf.", "final_confs"), ("L2 (norm.)", "l2"),
+           ("Linf", "linf"), ("SSIM", "ssim"), ("LPIPS", "lpips")),
+          "full_eval files give Table 1 (over kept pairs)"),
+    Table("2", "Table 2: source-class confidence over triangles (source, two blind spots){grid}; "
+          "{spread} over sources (n = sources, triangles)", RUN_HEAD,
+          (("p_src", "p_src"), ("mean conf.", "mean"),
+           *((f"frac > p_src-{d:g}", f"frac_above_{d:g}") for d in HULL_DELTAS),
+           ("edge mean", "edge_mean"), ("edge min (p-p_src)", "edge_min")),
+          "Table 2 (triangles, over sources, with --get_final_imgs; over 64 of the 66 grid "
+          "points, as the paper's code, with --triangle_points 64 or for runs of --protocol "
+          "paper)"),
+    Table("2b", "Table 2b: star-like or convex? Fraction of a source's limbs (source -> blind "
+          "spot) and chords (blind spot -> blind spot) whose minimum over 21 points stays above "
+          "p_src - delta; {spread} over sources (n = sources, chords)", RUN_HEAD,
+          SEGMENT_COLUMNS, "Table 2b (limbs and chords, with --get_final_imgs)"),
+    Table("2c", "Table 2c: geometry at matched progress. For each fraction f of the way to the "
+          "target, each walk's first iterate a(f) with 1 - |x - x_t|/|x_s - x_t| >= f: fraction "
+          "of a source's walks that reached f, and fraction of its limbs (source -> a(f)), chords "
+          "(a(f) -> b(f)) and triangles (source, a(f), b(f)) whose minimum stays above p_src - "
+          "delta; f = final: the blind spots; {spread} over sources (n = sources with two walks "
+          "at f)", ("model", "dataset", "f", "sources"),
+          (("reached f", "reached"),
+           *((f"{kind} kept d={d:g}", f"{kind}_kept_{d:g}") for d in SEGMENT_DELTAS
+             for kind in ("limbs", "chords", "triangles"))),
+          "Table 2c (limbs, chords and triangles at matched progress, with --matched_fractions)"),
+    Table("examples", "Table 1 over the example pairs (--examples; {spread} over kept pairs; "
+          "n = sources, kept pairs)", RUN_HEAD, (), "examples files give Table 1 over their "
+          "example pairs"),
+    Table("3", "Table 3: blind spots of A judged by B: fraction of kept pairs B classifies as the "
+          "source, the target or another class, and B's source-class confidence; {spread}; "
+          "baselines: the raw targets, and the straight line x_s + f (x_t - x_s) at each blind "
+          "spot's own progress f",
+          ("blind spots of A", "run", "judged by B", "images", "sources", "pairs"),
+          (("as source", ""), ("as target", ""), ("as other", ""), ("B's p(source)", "")),
+          "runs with --transfer_models Table 3 (blind spots of A judged by B)"),
+    Table("4", "Table 4: K walks per pair (--restarts). spread: mean pairwise distance of a "
+          "pair's K blind spots over its source-target distance; chords between them kept above "
+          "p0 - delta; distance left (mean over restarts); std: across the K restarts of a pair; "
+          "{spread} over pairs", ("model", "run", "restarts", "sources", "pairs"),
+          (("spread (pairwise/span)", "spread"),
+           *((f"chords kept d={d:g}", f"chords_kept_{d:g}") for d in SEGMENT_DELTAS),
+           ("distance left", "distance_left"), ("std final conf.", "final_confs_std"),
+           ("std L2", "l2_std"), ("std SSIM", "ssim_std"), ("std dist. left", "distance_left_std")),
+          "runs with --restarts Table 4 (K blind spots per pair)"),
+    Table("5", "Table 5: inside the network. Layer score d_t / (d_s + d_t), cosine distances of "
+          "the layer's representation to the source's and the target's: 1 = like the source, 0 "
+          "= like the target; at the blind spot and along the recorded path; {spread} over kept "
+          "pairs", ("model", "run", "layer", "depth", "sources", "pairs"),
+          (("at the blind spot", ""), ("path: first third", ""), ("path: middle third", ""),
+           ("path: last third", "")),
+          "runs with --get_layers Table 5 (layer scores: where a blind spot becomes the source)"),
+)
+TABLE = {t.key: t for t in TABLES}
+TABLE["examples"] = replace(TABLE["examples"], columns=TABLE["1"].columns)
+TABLES = tuple(TABLE[t.key] for t in TABLES)
+TABLE1, TABLE2, TABLE2B, TABLE2C, TABLE4 = (list(TABLE[k].columns)
+                                            for k in ("1", "2", "2b", "2c", "4"))
 TABLE3_IMAGES = (("blind spots", "transfer_"), ("raw targets", "transfer_baseline_"),
                  ("straight line at f", "transfer_line_"))
-TABLE4 = ([("spread (pairwise/span)", "spread")]
-          + [(f"chords kept d={d:g}", f"chords_kept_{d:g}") for d in SEGMENT_DELTAS]
-          + [("distance left", "distance_left"), ("std final conf.", "final_confs_std"),
-             ("std L2", "l2_std"), ("std SSIM", "ssim_std"),
-             ("std dist. left", "distance_left_std")])
+NO_TABLE2 = "Table 2: no hull statistics in these files (run full_eval with --get_final_imgs)"
+
+
+def tables_help() -> str:
+    """Which results files give which table, from `TABLES` (print_tables.py's help)."""
+    return "; ".join(t.given_by for t in TABLES) + "."
+
+
 SUFFIXES = {"full_eval": "_fulleval_dict.pkl", "examples": "_examples_dict.pkl",
             "all_confs": "_all_confs.pkl"}
 
@@ -67,7 +143,8 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Read one results file and tell its kind; ResultsError if it is not one of this tool's."""
+    """Read one results file, tell its kind and bring it up to the current schema
+    (`lst.schema.upgrade`); ResultsError if it is not one of this tool's."""
     path = Path(path)
     payload = load_results(path)
     res = payload["results"]
@@ -79,7 +156,8 @@ def load_run(path: str | Path) -> Run:
         kind = "all_confs"
     else:
         raise ResultsError(f"{path} is not a results file of this tool")
-    return Run(path, kind, payload["args"], res)
+    payload = upgrade(payload, kind, str(path))
+    return Run(path, kind, payload["args"], payload["results"])
 
 
 TRIANGLE_POINTS = (64, 66)  # Table 2 over the paper's float grid, or over every grid point
@@ -119,13 +197,10 @@ def model_label(args: dict) -> str:
 
 
 def run_arguments(args: dict) -> dict:
-    """The results-relevant arguments of a run, flat ('pthresh', 'seed', 'num_samples', ...):
-    from its run key (every LSTSettings field, the defaults where the key leaves one out, as
-    the fixed schedule does with the adaptive one's), or from its flags for files written
-    before run keys."""
-    key = args.get("run_key")
-    if key is None:
-        return {k: v for k, v in args.items() if k not in ("desc", "out_dir", "device")}
+    """The results-relevant arguments of a run, flat ('pthresh', 'seed', 'num_samples', ...),
+    from its run key (of a file read by `load_run`): every LSTSettings field, the defaults
+    where the key leaves one out, as the fixed schedule does with the adaptive one's."""
+    key = args["run_key"]
     flat = {k: v for k, v in key.items() if k != "settings"}
     flat.setdefault("restarts", 1)  # a run key leaves out restarts = 1
     flat.setdefault("protocol", "ours")  # and the protocol of ours
@@ -194,29 +269,14 @@ def _table1_values(run: Run, key: str) -> np.ndarray:
     return value
 
 
-HEADS = {"1": ["model", "dataset", "sources", "pairs"],
-         "examples": ["model", "dataset", "sources", "pairs"],
-         "2": ["model", "dataset", "sources", "pairs"],
-         "2b": ["model", "dataset", "sources", "pairs"],
-         "2c": ["model", "dataset", "f", "sources"],
-         "3": ["blind spots of A", "run", "judged by B", "images", "sources", "pairs"],
-         "4": ["model", "run", "restarts", "sources", "pairs"],
-         "5": ["model", "run", "layer", "depth", "sources", "pairs"]}
-COLUMNS = {"1": [h for h, _ in TABLE1], "examples": [h for h, _ in TABLE1],
-           "2": [h for h, _ in TABLE2], "2b": [h for h, _ in TABLE2B],
-           "2c": [h for h, _ in TABLE2C], "3": TABLE3, "4": [h for h, _ in TABLE4],
-           "5": ["at the blind spot", "path: first third", "path: middle third",
-                 "path: last third"]}
-
-
 def table_cells(runs: list[Run], ci: bool = False) -> dict[str, list[tuple[list, list]]]:
     """Every table these runs allow, by table: "1" (full_eval), "2" (triangles), "2b" (limbs
     and chords), "2c" (limbs, chords and triangles at matched progress, a row per fraction),
     "3" (transfer), "4" (restarts), "5" (layer scores), "examples" (Table 1 over example
     pairs). Each row is
-    (head, estimates): head as HEADS[table] (Tables 2 and 2b: pairs = triangles, chords; 2c:
-    sources with two walks at f), estimates (`lst.uncertainty.Estimate`, with the 95% interval
-    over sources when ci) in COLUMNS[table] order. all_confs runs give no row."""
+    (head, estimates): head as TABLE[table].head (Tables 2 and 2b: pairs = triangles, chords;
+    2c: sources with two walks at f), estimates (`lst.uncertainty.Estimate`, with the 95%
+    interval over sources when ci) in TABLE[table].columns order. all_confs runs give no row."""
     shown = [r for r in runs if r.kind in ("full_eval", "examples")]
     rows = {"1": [], "2": [], "2b": [], "2c": [], "3": [], "4": [], "5": [], "examples": []}
     for label, run in zip(labels(shown), shown):
@@ -302,8 +362,8 @@ def table_records(runs: list[Run], ci: bool = False) -> list[dict]:
     records = []
     for table, rows in table_cells(runs, ci).items():
         for head, cells in rows:
-            record = {"table": table, **dict(zip(HEADS[table], head))}
-            for name, cell in zip(COLUMNS[table], cells):
+            record = {"table": table, **dict(zip(TABLE[table].head, head))}
+            for (name, _), cell in zip(TABLE[table].columns, cells):
                 record[name], record[f"{name} std"] = cell.mean, cell.std
                 if ci:
                     record[f"{name} low"], record[f"{name} high"] = cell.low, cell.high
@@ -325,7 +385,7 @@ def _transfer_rows(label: str, run: Run, use: np.ndarray, sources: np.ndarray,
     out = []
     for j, name in enumerate(judges):
         for images, prefix in TABLE3_IMAGES:
-            if f"{prefix}pred" not in res:  # files of before the straight-line baseline
+            if f"{prefix}pred" not in res:  # an optional field (lst.schema)
                 continue
             pred = np.asarray(res[f"{prefix}pred"])[..., j][use]
             values = [pred == src[use], pred == tgt[use], (pred != src[use]) & (pred != tgt[use]),
@@ -350,57 +410,14 @@ def format_tables(runs: list[Run], fmt: str = "plain", ci: bool = False) -> str:
             headers = [h.replace("_", r"\_").replace(">", "$>$") for h in headers]
         return tabulate(table_rows, headers=headers, tablefmt=FORMATS[fmt])
 
-    head = HEADS["1"]
-    out = []
-    if rows["1"]:
-        out += [f"Table 1: blind spots vs. their targets ({spread} over kept pairs; n = sources, "
-                "kept pairs)", table(rows["1"], head + [h for h, _ in TABLE1])]
-        if rows["2"]:
-            out += ["", f"Table 2: source-class confidence over triangles (source, two blind "
-                    f"spots){_grid_note(runs)}; {spread} over sources (n = sources, triangles)",
-                    table(rows["2"], head + [h for h, _ in TABLE2])]
-        else:
-            out += ["", "Table 2: no hull statistics in these files (run full_eval with "
-                    "--get_final_imgs)"]
-    if rows["2b"]:
-        out += ["", "Table 2b: star-like or convex? Fraction of a source's limbs (source -> blind "
-                "spot) and chords (blind spot -> blind spot) whose minimum over 21 points stays "
-                f"above p_src - delta; {spread} over sources (n = sources, chords)",
-                table(rows["2b"], head + [h for h, _ in TABLE2B])]
-    if rows["2c"]:
-        out += ["", "Table 2c: geometry at matched progress. For each fraction f of the way to "
-                "the target, each walk's first iterate a(f) with 1 - |x - x_t|/|x_s - x_t| >= f: "
-                "fraction of a source's walks that reached f, and fraction of its limbs (source "
-                "-> a(f)), chords (a(f) -> b(f)) and triangles (source, a(f), b(f)) whose minimum "
-                f"stays above p_src - delta; f = final: the blind spots; {spread} over sources "
-                "(n = sources with two walks at f)",
-                table(rows["2c"], HEADS["2c"] + [h for h, _ in TABLE2C])]
-    if rows["examples"]:
-        out += ([""] if out else []) + [
-            f"Table 1 over the example pairs (--examples; {spread} over kept pairs; n = sources, "
-            "kept pairs)", table(rows["examples"], head + [h for h, _ in TABLE1])]
-    if rows["3"]:
-        out += ([""] if out else []) + [
-                "Table 3: blind spots of A judged by B: fraction of kept pairs B classifies as "
-                f"the source, the target or another class, and B's source-class confidence; "
-                f"{spread}; baselines: the raw targets, and the straight line x_s + f (x_t - "
-                "x_s) at each blind spot's own progress f",
-                table(rows["3"], HEADS["3"] + TABLE3)]
-    if rows["4"]:
-        out += ([""] if out else []) + [
-                "Table 4: K walks per pair (--restarts). spread: mean pairwise distance of a "
-                "pair's K blind spots over its source-target distance; chords between them kept "
-                "above p0 - delta; distance left (mean over restarts); std: across the K "
-                f"restarts of a pair; {spread} over pairs",
-                table(rows["4"], HEADS["4"] + [h for h, _ in TABLE4])]
-    if rows["5"]:
-        out += ([""] if out else []) + [
-                "Table 5: inside the network. Layer score d_t / (d_s + d_t), cosine distances of "
-                "the layer's representation to the source's and the target's: 1 = like the "
-                "source, 0 = like the target; at the blind spot and along the recorded path; "
-                f"{spread} over kept pairs",
-                table(rows["5"], HEADS["5"] + COLUMNS["5"])]
-    return "\n".join(out)
+    sections = []
+    for spec in TABLES:
+        if rows[spec.key]:
+            title = spec.title.format(spread=spread, grid=_grid_note(runs) if spec.key == "2" else "")
+            sections.append(f"{title}\n{table(rows[spec.key], spec.headers)}")
+        elif spec.key == "2" and rows["1"]:
+            sections.append(NO_TABLE2)
+    return "\n\n".join(sections)
 
 
 def _grid_note(runs: list[Run]) -> str:

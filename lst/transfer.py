@@ -66,9 +66,3 @@ def judge_pairs(judges: Mapping[str, nn.Module], blind_spots: torch.Tensor, targ
         out.update({f"transfer_line_{k}": v for k, v in
                     judge(judges, line, source_labels, target_labels).items()})
     return out
-
-
-def transfer_keys() -> list[str]:
-    """The results keys `judge_pairs` fills, in a fixed order (with the straight-line
-    baseline)."""
-    return [f"transfer_{kind}{k}" for kind in ("", "baseline_", "line_") for k in FIELDS]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import socket
 import sys
@@ -309,6 +310,8 @@ def _load_user_model(spec: str, dataset: str, checkpoint: str | None, device: to
         if len(mean) != channels or len(std) != channels:
             raise ModelError(f"{spec} takes {channels}-channel images: --mean and --std need "
                              f"{channels} value(s) each, got {len(mean)} and {len(std)}")
+        if not all(math.isfinite(v) for v in (*mean, *std)):
+            raise ModelError("--mean and --std must be finite numbers")
         if any(s == 0 for s in std):
             raise ModelError("--std must not be 0")
         model = frozen(Normalized(model, tuple(mean), tuple(std)), device)

@@ -1,5 +1,13 @@
-"""Small models and images the tests build themselves (no downloads, CPU only)."""
+"""Small models and images the tests build themselves (no downloads, CPU only), and the
+command line as the tests run it."""
+import io
+import logging
+import os
+import subprocess
+import sys
 import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,3 +90,52 @@ def acceptance_margin(result, pthresh: float) -> float:
     after_each_step = np.concatenate([get("confs_over_path")[..., 1:, 0],
                                       get("final_confs")[..., None]], axis=-1)
     return float((pthresh - (get("init_confs")[..., None] - after_each_step)).min())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*argv, cwd=None, env=None, process: bool = False, timeout: float = 600
+            ) -> subprocess.CompletedProcess:
+    """`python level_set_traversal.py ARGV` run in folder `cwd` (default: here) with `env` added
+    to the environment (and HF_HUB_OFFLINE=1); returns its exit code, stdout and stderr.
+
+    By default in this process: `main(argv)` with sys.stdout and sys.stderr captured (an
+    argparse exit becomes its code), which costs no interpreter start and no imports. With
+    `process`, a real `python` process, for what needs one: signals, a second run beside this
+    one, environment read at import time (HF_HOME), the interpreter's own output."""
+    argv = [str(a) for a in argv]
+    extra = {"HF_HUB_OFFLINE": "1", **(env or {})}
+    if process:
+        return subprocess.run([sys.executable, str(ROOT / "level_set_traversal.py"), *argv],
+                              cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), **extra})
+    import level_set_traversal as cli
+
+    out, err, here, saved = io.StringIO(), io.StringIO(), os.getcwd(), dict(os.environ)
+    # main's logging.basicConfig does nothing under pytest (its handlers are there first): log
+    # to the captured stderr as a process would, INFO unless --quiet
+    handler, root = logging.StreamHandler(err), logging.getLogger()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING if "--quiet" in argv else logging.INFO)
+    level, threads = root.level, torch.get_num_threads()
+    os.environ.update(extra)
+    if "OMP_NUM_THREADS" in extra:  # read at start-up by a process; set here for this call
+        torch.set_num_threads(int(extra["OMP_NUM_THREADS"]))
+    try:
+        os.chdir(cwd or here)
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())

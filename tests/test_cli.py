@@ -19,7 +19,7 @@ import lst.tables
 from lst import LSTSettings
 from lst.results import load_results
 from models import load_model
-from tests.conftest import stem_for
+from tests.conftest import run_cli, stem_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--iters", "6", "--log_step", "3", "--batch_size", "8"]
@@ -159,12 +159,6 @@ def test_full_eval_files_and_tables(tmp_path, capsys):
     assert print_tables.main([str(tmp_path / "*_fulleval_dict.pkl")]) == 0
 
 
-def run_cli(*args, cwd, env_extra=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, str(ROOT / "level_set_traversal.py"), *args],
-                          cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
-
-
 BAD_INPUTS = [
     (["nonsense-normal", "shapes", "--examples"], "unknown model.*smallcnn-normal"),
     (["smallcnn-normal", "mnist", "--examples"], "unknown dataset.*shapes"),
@@ -173,7 +167,9 @@ BAD_INPUTS = [
     (["resnet50-normal", "imagenet", "--examples", "--imgnet_path", "{tmp}/none"], "does not exist"),
     (["smallcnn-normal", "shapes", "--examples", "--target_classes", "0", "1", "12"], "out of range"),
     (["smallcnn-normal", "shapes", "--examples", "--step_size", "0"], "--step_size must be positive"),
-    (["smallcnn-normal", "shapes", "--examples", "--iters", "-3"], "--iters must be positive"),
+    (["smallcnn-normal", "shapes", "--examples", "--iters", "-3"], "--iters must be >= 0"),
+    (["smallcnn-normal", "shapes", "--examples", "--adv_step_size", "-1"], "--adv_step_size must be positive"),
+    (["smallcnn-normal", "shapes", "--full_eval", "--num_workers", "-1"], "--num_workers must be >= 0"),
     (["smallcnn-normal", "shapes", "--examples", "--batch_size", "0"], "--batch_size must be positive"),
     (["smallcnn-normal", "shapes", "--examples", "--pthresh", "1.5"], r"\(0, 1\]"),
     (["smallcnn-normal", "shapes", "--examples", "--pthresh", "0"], r"\(0, 1\]"),
@@ -220,7 +216,7 @@ def test_weights_that_cannot_be_had_offline(tmp_path):
         (val / f"n{k:08d}").mkdir(parents=True)
     proc = run_cli("resnet50-normal", "imagenet", "--examples", "--imgnet_path",
                    str(tmp_path / "imagenet"), "--out_dir", str(tmp_path / "out"), cwd=tmp_path,
-                   env_extra={"HF_HOME": str(tmp_path / "hf")})
+                   env={"HF_HOME": str(tmp_path / "hf")}, process=True)  # HF_HOME is read at import
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "timm/resnet50.tv_in1k" in lines[0], proc.stderr
@@ -432,3 +428,41 @@ def test_print_tables_alone_reads_the_default_output_folder(tmp_path, monkeypatc
     assert print_tables.main([]) == 0
     out = capsys.readouterr().out
     assert "Table 1 over the example pairs" in out and "SmallCNN" in out
+
+
+def test_compile_with_layers_names_the_models_own_layers(tmp_path, monkeypatch):
+    """--compile wraps the model (torch.compile's `_orig_mod.` names); --layers still names the
+    model's own modules, and the layer scores are the uncompiled model's. The eager backend
+    makes the same wrapper without minutes of code generation."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **_: compile_(model, backend="eager"))
+    argv = [*EXAMPLE_ARGS, "--layers", "features.3", "features.16", "--quiet"]
+    runs = {}
+    for name, extra in (("compiled", ["--compile"]), ("plain", [])):
+        proc = run_cli(*argv, *extra, "--out_dir", tmp_path / name)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (path,) = (tmp_path / name).glob("*_examples_dict.pkl")
+        runs[name] = load_results(path)["results"]
+    assert runs["compiled"]["layer_names"] == ["features.3", "features.16"]
+    np.testing.assert_allclose(runs["compiled"]["layer_scores"], runs["plain"]["layer_scores"],
+                               atol=1e-5)
+
+
+def test_num_workers_read_the_same_pairs(tmp_path):
+    argv = ["smallcnn-normal", "shapes", "--full_eval", "--num_samples", "6", "--rounds", "2",
+            "--quiet", *FAST]
+    runs = []
+    for workers in ("0", "2"):
+        out = tmp_path / workers
+        assert run_cli(*argv, "--num_workers", workers, "--out_dir", out).returncode == 0
+        (path,) = out.glob("*_fulleval_dict.pkl")
+        runs.append(load_results(path)["results"])
+    for key in ("target_indices", "final_confs", "l2", "ssim"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key], err_msg=key)
+
+
+def test_restart_is_the_old_spelling_of_fresh(capsys):
+    args = cli.parse_args(["smallcnn-normal", "shapes", "--full_eval", "--restart"])
+    cli.check_args(args)
+    assert args.fresh and "--restart is deprecated" in capsys.readouterr().err
+    assert cli.parse_args(["smallcnn-normal", "shapes", "--full_eval", "--restarts", "2"]).restarts == 2

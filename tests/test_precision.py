@@ -8,7 +8,7 @@ from torch import nn
 
 import lst
 from lst.experiments import float32_violations
-from lst.traversal import _confidence_and_grad
+from lst.walk import confidence_and_grad
 from tests.conftest import frozen, small_cnn
 
 
@@ -80,14 +80,14 @@ def test_fp16_loss_scaling_keeps_tiny_gradients_that_plain_fp16_flushes():
     model = saturated_linear_model()
     x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     y = model(x).argmax(1)
-    _, exact = _confidence_and_grad(model, x, y, "fp32")
+    _, exact = confidence_and_grad(model, x, y, "fp32")
 
     xg = x.clone().requires_grad_(True)  # plain fp16: the same forward, no scaling
     with torch.autocast("cpu", dtype=torch.float16):
         logits = model(xg)
     plain, = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), xg)
 
-    _, scaled = _confidence_and_grad(model, x, y, "fp16")
+    _, scaled = confidence_and_grad(model, x, y, "fp16")
     flushed = (plain.flatten(1).abs().amax(1) == 0) & (exact.flatten(1).abs().amax(1) > 0)
     assert flushed.any(), "guard: plain fp16 must lose some gradient here"
     def unit(g):  # (cosine_similarity's eps would swamp gradients this small)

@@ -104,3 +104,9 @@ def test_examples_with_restarts_and_diversity(model, dataset, tmp_path):
     kept = results["kept"][off]
     drop = results["init_confs"][:, None, None] - results["restart_final_confs"]
     assert (drop[off][kept] < 0.2).all()  # every restart stays in the level set
+    # the push has an effect: the same restarts without it end closer together
+    alone = run_examples(model, dataset, [0, 1, 2], LSTSettings(iters=12, step_size=0.1,
+                                                                pthresh=0.2),
+                         out_dir=tmp_path, dataset_name="shapes", restarts=2)
+    ratio = results["restart_spread"][off] / alone["restart_spread"][off]
+    assert (ratio > 3).all()  # measured 7-47

@@ -7,7 +7,7 @@ import pytest
 from lst.data import DataError
 from lst.shapes import ShapesDataset
 from models import load_model
-from models.robustness import STANDARD, autoattack_accuracy, main
+from models.robustness import STANDARD, autoattack_accuracy, evenly_spaced, main
 from models.train import in_memory
 
 
@@ -37,8 +37,17 @@ def test_the_command_writes_its_json(tmp_path, capsys):
                  "--batch_size", "4", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["images"] == 4 and record["attacks"] == ["apgd-ce"]
-    assert 0 <= record["robust_acc"] <= record["clean_acc"] <= 1
     assert "robust accuracy" in capsys.readouterr().out
+    # the command's numbers are the attack's on the images it names: 4 evenly spaced test images
+    model = load_model("smallcnn-normal", "shapes")[0]
+    pixels, labels = in_memory(ShapesDataset("test", seed=0))
+    pick = evenly_spaced(len(pixels), 4)
+    direct = autoattack_accuracy(model, pixels[pick].float() / 255, labels[pick],
+                                 attacks=("apgd-ce",), batch_size=4,
+                                 state_path=tmp_path / "direct.state.json")
+    assert (record["clean_acc"], record["robust_acc"]) == (direct["clean_acc"],
+                                                           direct["robust_acc"])
+    assert record["clean_acc"] == 1.0 and record["robust_acc"] < 1.0  # the normal model breaks
 
 
 def test_a_reduced_run_resumes_the_first_attacks_of_a_standard_one(tmp_path):

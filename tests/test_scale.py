@@ -11,7 +11,7 @@ import torch
 
 from lst import LSTSettings
 from lst.experiments import run_full_eval
-from lst.results import load_results
+from lst.results import load_header, load_results
 from lst.runstore import ResumeError, RunStore
 from lst.shapes import ShapesDataset
 from tests.conftest import ROUNDING_MARGIN, acceptance_margin, stem_for
@@ -204,9 +204,7 @@ def test_done_pairs_come_from_part_headers_and_parts_of_before_headers_resume(tm
     run_full_eval(model, dataset, settings, store=store, **kwargs)  # no key: the parts stay
     parts = sorted(store.parts_dir.glob("pairs_*.pkl"))
     assert len(parts) == 2
-    key = {"settings": settings.as_dict(), "num_samples": 4, "rounds": 2, "get_final_imgs": True}
-    from lst.identity import weights_fingerprint
-    key["weights"] = weights_fingerprint(model)
+    key = load_header(parts[0])["run_key"]  # the library's own key (lst.identity.run_key)
     first = store.load_parts(key)[0]
     old = dict(first, final_images=first["final_images"].astype(np.float32) / 255)
     save_results(parts[0], key, old)  # the old format: one pickle {"args": key, "results": part}
@@ -219,3 +217,27 @@ def test_done_pairs_come_from_part_headers_and_parts_of_before_headers_resume(tm
         np.testing.assert_array_equal(resumed[name], alone[name])
     for name in alone["hull_stats"]:
         np.testing.assert_array_equal(resumed["hull_stats"][name], alone["hull_stats"][name])
+
+
+def test_the_library_key_holds_restarts_and_judges_and_merging_refuses_other_fields(tmp_path):
+    """A full_eval from Python without a key resumes only parts of the same run: restarts and
+    judges are in the key the library makes. Parts that hold other fields are refused, not
+    merged into rows left unwritten."""
+    from lst.experiments import _merge_parts
+
+    model, _ = load_model("smallcnn-normal", "shapes")
+    dataset = ShapesDataset("test", seed=0)
+    settings = LSTSettings(iters=2, log_step=1)
+    kwargs = dict(num_samples=4, rounds=2, batch_size=4)
+    store = RunStore(tmp_path, "run")
+    run_full_eval(model, dataset, settings, store=store, **kwargs)  # no key: the parts stay
+    for other, named in ((dict(restarts=2), "restarts"),
+                         (dict(transfer_models={"other": model}), "transfer_models")):
+        with pytest.raises(ResumeError, match=named):
+            run_full_eval(model, dataset, settings, store=store, **kwargs, **other)
+    key = load_header(sorted(store.parts_dir.glob("pairs_*.pkl"))[0])["run_key"]
+    parts = store.load_parts(key)
+    fewer = dict(parts[-1])
+    fewer.pop("ssim")
+    with pytest.raises(ResumeError, match="different fields .*ssim"):
+        _merge_parts([*parts[:-1], fewer], 8)

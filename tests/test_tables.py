@@ -14,6 +14,7 @@ import level_set_traversal as cli
 import print_tables
 from lst.results import save_results
 from lst.tables import load_run, table_records, table_rows
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--iters", "4", "--log_step", "2", "--batch_size", "8"]
@@ -144,11 +145,8 @@ def test_a_run_logged_to_a_file_writes_lines_not_carriage_returns(tmp_path):
 
 
 def test_quiet_keeps_only_warnings_and_the_summary(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "level_set_traversal.py"), "smallcnn-normal",
-                           "shapes", "--full_eval", "--num_samples", "20", "--rounds", "2",
-                           "--quiet", "--out_dir", str(tmp_path / "out"), *FAST],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = run_cli("smallcnn-normal", "shapes", "--full_eval", "--num_samples", "20", "--rounds",
+                   "2", "--quiet", "--out_dir", tmp_path / "out", *FAST)
     assert proc.returncode == 0 and proc.stdout.startswith("full_eval: 40 pairs")
     assert "full eval (pairs)" not in proc.stderr and "resuming" not in proc.stderr
     assert all(line.startswith("LPIPS is NaN") for line in proc.stderr.strip().splitlines())

@@ -8,8 +8,6 @@ exported by the tests (TorchScript, torch.export) or rebuilt by a factory module
 """
 import itertools
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -19,12 +17,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-import level_set_traversal as cli
 import print_tables
 import lst
 from lst.results import load_results
 from lst.shapes import SHAPE_CLASSES, ShapesDataset
 from models import load_model
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "test"
@@ -43,6 +41,14 @@ def bare_smallcnn():
     """SmallCNN without its normalisation inside: it expects (x - 0.5) / 0.25."""
     net = SmallCNN()
     return nn.Sequential(net.features, net.classifier)
+
+
+def own_weights_smallcnn():
+    """SmallCNN that loads its weights itself, from own.pt beside this file (no --load_model_path)."""
+    from pathlib import Path
+    net = SmallCNN()
+    net.load_state_dict(torch.load(Path(__file__).with_name("own.pt"), weights_only=True))
+    return net
 
 
 def gray_smallcnn():
@@ -70,12 +76,7 @@ def fails():
 
 def run(*argv, out_dir, cwd=None):
     """The command line in this process; returns its exit code (cwd: the folder it runs in)."""
-    here = os.getcwd()
-    os.chdir(cwd or here)
-    try:
-        return cli.main([*map(str, argv), "--out_dir", str(out_dir), "--quiet"])
-    finally:
-        os.chdir(here)
+    return run_cli(*argv, "--out_dir", out_dir, "--quiet", cwd=cwd).returncode
 
 
 def results_of(out_dir, kind):
@@ -112,6 +113,7 @@ def model_files(tmp_path_factory):
     module = f"user_nets_{os.getpid()}"
     (folder / f"{module}.py").write_text(FACTORY_MODULE)
     torch.save(nn.Sequential(model.features, model.classifier).state_dict(), folder / "bare.pt")
+    torch.save(model.state_dict(), folder / "own.pt")
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
                folder / "gray.pt")  # nested under a trainer's key
     return {"dir": folder, "module": module, "torchscript": folder / "smallcnn.pt",
@@ -297,7 +299,23 @@ def test_run_examples_and_full_eval_from_python_write_what_the_command_line_writ
     assert "mynet" in capsys.readouterr().out
 
 
-def test_a_factory_that_loads_its_own_weights_and_any_dataset_of_pairs(tmp_path):
+def test_a_factory_that_loads_its_own_weights_is_the_model_it_loads(model_files, tmp_path):
+    """package.module:callable without --load_model_path: the factory's own weights are the run's
+    (their fingerprint in the run key), and it gives the registry model's results."""
+    from lst.identity import weights_fingerprint
+
+    factory = f"{model_files['module']}:own_weights_smallcnn"
+    assert run(factory, "shapes", *EXAMPLES, out_dir=tmp_path / "own", cwd=model_files["dir"]) == 0
+    assert run("smallcnn-normal", "shapes", *EXAMPLES, out_dir=tmp_path / "registry") == 0
+    own, registry = (results_of(tmp_path / d, "examples_dict") for d in ("own", "registry"))
+    assert_same_results(own["results"], registry["results"])
+    key = own["args"]["run_key"]
+    assert key["model"] == "own_weights_smallcnn" and key["weights_file"] is None
+    assert key["weights"] == weights_fingerprint(load_model("smallcnn-normal", "shapes")[0])
+    assert key["model_file"] is not None  # the factory's source decides the run too
+
+
+def test_any_dataset_of_pairs_gives_the_results_of_the_same_images(tmp_path):
     """From Python: a dataset without `targets` (labels read item by item)."""
     model, _ = load_model("smallcnn-normal", "shapes")
     shapes = ShapesDataset("test", size=60)
@@ -313,16 +331,11 @@ def test_a_factory_that_loads_its_own_weights_and_any_dataset_of_pairs(tmp_path)
     results, _ = lst.run_full_eval(model, Pairs(), settings, num_samples=5, rounds=2)
     again, _ = lst.run_full_eval(model, shapes, settings, num_samples=5, rounds=2)
     assert np.array_equal(results["source_indices"], again["source_indices"])
-    np.testing.assert_allclose(results["final_confs"], again["final_confs"], atol=1e-6)
+    for key in ("final_confs", "l2", "ssim"):  # the same images in the same batches
+        np.testing.assert_array_equal(results[key], again[key], err_msg=key)
 
 
 # -- bad input: one line, exit 2, an unchanged output folder ---------------------------------
-
-
-def cli_process(*argv, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "level_set_traversal.py"), *map(str, argv)],
-                          cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -378,10 +391,11 @@ BAD = [  # (argv with {name} of bad_inputs / {module}, the message)
     (["{module}:bare_smallcnn", "shapes", "--load_model_path", "{not_torchscript}"], "unexpected key 'w'|missing key '0.0.weight'"),
     (["{module}:gray_smallcnn", "shapes", "--load_model_path", "{state_dict}"], "do not fit .*missing key 'model.features.0.weight'"),
     (["{torchscript}", "folder", "--data_path", "{ten}", "--image_size", "7"], r"fails on a \(2, 3, 7, 7\) batch"),
-    (["{torchscript}", "shapes", "--mean", "0.5", "0.5", "--std", "1", "1"], "3 values each .* got 2 and 2"),
+    (["{torchscript}", "shapes", "--mean", "0.5", "0.5", "--std", "1", "1"], r"3-channel images: --mean and --std need 3 value\(s\) each, got 2 and 2"),
     (["{torchscript}", "shapes", "--mean", "0.5", "--std", "0.25"], "takes 3-channel images: --mean and --std need 3"),
     (["{torchscript}", "shapes", "--mean", "0.5", "0.5", "0.5", "--std", "0.2", "0", "0.2"], "--std must not be 0"),
     (["{torchscript}", "shapes", "--mean", "0.5", "0.5", "0.5"], "--mean and --std go together"),
+    (["{torchscript}", "shapes", "--mean", "0.5", "nan", "0.5", "--std", "1", "1", "1"], "must be finite numbers"),
     (["smallcnn-normal", "shapes", "--mean", "0.5", "0.5", "0.5", "--std", "1", "1", "1"], "for a TorchScript file or package.module:callable"),
     (["{torchscript}", "folder", "--data_path", "{ten}", "--target_classes", "c1", "dog", "c2"], "'dog' is not a class of"),
 ]
@@ -397,7 +411,7 @@ def test_bad_input_is_one_line_exit_2_and_an_unchanged_folder(bad_inputs, model_
     out = tmp_path / "out"
     out.mkdir()
     (out / "earlier.txt").write_text("kept")
-    proc = cli_process(*argv, *SHAPES, "--out_dir", out, cwd=model_files["dir"])
+    proc = run_cli(*argv, *SHAPES, "--out_dir", out, cwd=model_files["dir"])
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert re.search(message, lines[0]), lines[0]
