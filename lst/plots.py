@@ -348,6 +348,8 @@ def plot_examples(results: dict, class_names: Sequence[str], out_dir: Path, stem
     for s in range(len(results["classes"])):
         paths.append(plot_triangles(results, class_names, s,
                                     out_dir / f"{stem}_triangles_source{results['classes'][s]}.png"))
+    if not len(results["log_iters"]):  # no iterate recorded (iters 0): no path figures
+        return paths
     if "confs_over_path" in results:
         paths.append(plot_confs_over_path(results, out_dir / f"{stem}_confs_over_path.png"))
     if "widths" in results:

@@ -141,11 +141,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     recorders: more `lst.recorders.Recorder`s, called after the ones the settings ask for.
     """
     settings = replace(settings or LSTSettings(), **overrides)
-    device = model_device(model)
-    ids = _checked_ids(sources, labels, targets, sample_ids, stop_distances, restarts, groups)
-    x_src = sources.to(device, torch.float32).clamp(0, 1)  # within the tolerance of [0,1]
-    x_tgt = targets.to(device, torch.float32).clamp(0, 1)
-    y = labels.to(device, torch.int64)
+    ids, x_src, x_tgt, y = _checked_inputs(model, sources, labels, targets, sample_ids,
+                                           stop_distances, restarts, groups)
     init_confs, kept = _source_confidences(model, x_src, y, ids)
     if (settings.get_confs_over_path or settings.get_images) and target_labels is None:
         target_labels = predict(model, x_tgt)[0]
@@ -185,11 +182,14 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     return LSTResult(**result).images_to(sources.device)
 
 
-def _checked_ids(sources: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-                 sample_ids: Sequence[int] | None, stop_distances: torch.Tensor | None,
-                 restarts: Sequence[int] | None, groups: torch.Tensor | None) -> list[int]:
-    """The sample ids (default 0..N-1), after checking every input of `level_set_traversal`
-    (ValueError naming the argument)."""
+def _checked_inputs(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,
+                    targets: torch.Tensor, sample_ids: Sequence[int] | None,
+                    stop_distances: torch.Tensor | None, restarts: Sequence[int] | None,
+                    groups: torch.Tensor | None
+                    ) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check every input of `level_set_traversal` (ValueError naming the argument); returns the
+    sample ids (default 0..N-1), and the sources (float32, clamped to [0,1]: within the
+    tolerance of `check_images`), targets and labels (int64) on the model's device."""
     n = len(sources)
     ids = list(range(n)) if sample_ids is None else [int(i) for i in sample_ids]
     check_images(sources, "sources")
@@ -203,7 +203,9 @@ def _checked_ids(sources: torch.Tensor, labels: torch.Tensor, targets: torch.Ten
         raise ValueError(f"stop_distances must be (N,), N = {n}, got {tuple(stop_distances.shape)}")
     if (restarts is not None and len(restarts) != n) or (groups is not None and groups.shape != (n,)):
         raise ValueError(f"restarts and groups must have one entry per input, N = {n}")
-    return ids
+    device = model_device(model)
+    return (ids, sources.to(device, torch.float32).clamp(0, 1),
+            targets.to(device, torch.float32).clamp(0, 1), labels.to(device, torch.int64))
 
 
 def _source_confidences(model: nn.Module, sources: torch.Tensor, labels: torch.Tensor,

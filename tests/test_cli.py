@@ -466,3 +466,20 @@ def test_restart_is_the_old_spelling_of_fresh(capsys):
     cli.check_args(args)
     assert args.fresh and "--restart is deprecated" in capsys.readouterr().err
     assert cli.parse_args(["smallcnn-normal", "shapes", "--full_eval", "--restarts", "2"]).restarts == 2
+
+
+def test_zero_iterations_is_the_noisy_source(tmp_path):
+    """--iters 0, which the settings allow: the blind spots are the sources plus their noise,
+    and a run that records the path draws the figures it can (no path figures) without error."""
+    argv = [*EXAMPLE_ARGS[:7], "--iters", "0", "--get_confs_over_path", "--get_images",
+            "--quiet", "--out_dir", tmp_path]
+    proc = run_cli(*argv)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = tmp_path.glob("*_examples_dict.pkl")
+    r = load_results(path)["results"]
+    off = ~np.eye(3, dtype=bool)
+    assert (r["passes"][off] == 1).all() and len(r["log_iters"]) == 0
+    sources = np.broadcast_to(r["images"][:, None], r["blind_spots"].shape)
+    gap = np.abs(r["blind_spots"] - sources)[off].max()
+    assert 0 < gap <= 2 / 255 + 1e-6  # the noise of width 4/255, nothing else
+    assert not list(tmp_path.glob("*_path.png"))
