@@ -246,7 +246,7 @@ def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
     from models import local_weights_file, model_file_digest, model_kind, model_name
 
     root = data_root(args)
-    own = [m for m in [args.model] + args.transfer_models if model_kind(m) != "name"]
+    own_judge = any(model_kind(m) != "name" for m in args.transfer_models)
     preprocessing = {n: getattr(args, n) for n in ("mean", "std", "image_size")
                      if getattr(args, n) is not None}
     return run_key(
@@ -258,10 +258,10 @@ def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
         judge_weights_files=[None if f is None else file_digest(f) for f in
                              (local_weights_file(m, args.dataset) for m in args.transfer_models)],
         judge_model_files=([model_file_digest(m) for m in args.transfer_models]
-                           if set(own) & set(args.transfer_models) else None),
+                           if own_judge else None),
         data_root=root, weights_file=local_weights_file(args.model, args.dataset,
                                                         args.load_model_path),
-        model_file=model_file_digest(args.model) if args.model in own else None,
+        model_file=model_file_digest(args.model),
         preprocessing=preprocessing, lpips=alexnet_weights_path() is not None)
 
 

@@ -25,7 +25,7 @@ from .data import dataset_labels, read_image, stack_items
 from .distributed import Rank, barrier, broadcast
 from .hull import (SEGMENT_POINTS, kept_stats, limbs_and_chords, segment_confidences,
                    segment_stats, source_hull_confidences, table2_stats, triangle_grid)
-from .layers import resolve_layers
+from .layers import resolve_layers, uncompiled
 from .metrics import image_distances
 from .progress import progress_bar
 from .restarts import RESTART_FIELDS, restart_geometry
@@ -347,10 +347,10 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     the same key skips the pairs already done; a saved plan or part with another key raises
     ResumeError. run_key: the run's identity (`lst.identity.run_key`; by default the store's
     key, else one made of the arguments, the model's class name and the dataset's), completed
-    with the loaded weights (`lst.identity.loaded_key`). A store made for the run (`RunStore.for_run`, opened) also gets the final
-    results files, as the command line writes them ({stem}_all_confs.pkl with get_final_imgs,
-    then {stem}_fulleval_dict.pkl, args from `lst.identity.results_args` with `flags`), and its
-    partial state is removed.
+    with the loaded weights (`lst.identity.loaded_key`). A store made for the run
+    (`RunStore.for_run`, opened) also gets the final results files, as the command line writes
+    them ({stem}_all_confs.pkl with get_final_imgs, then {stem}_fulleval_dict.pkl, args from
+    `lst.identity.results_args` with `flags`), and its partial state is removed.
     Under torch.distributed (`rank`), rank r takes the pairs k % world == r; rank 0 merges all
     parts (the store must then be on a filesystem all ranks share). num_workers: processes that
     read the pairs' images (a torch DataLoader's workers; 0: this process).
@@ -364,10 +364,10 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     run_key = run_key or (store.key if store is not None else None)
     if run_key is None:  # a run of the library without a key: what decides its results
         run_key = make_run_key(
-            "full_eval", type(getattr(model, "_orig_mod", model)).__name__,
-            type(dataset).__name__, settings, num_samples=num_samples, rounds=rounds,
-            get_final_imgs=get_final_imgs, protocol=protocol, restarts=restarts,
-            judges=list(transfer_models or ()), classes=dataset_labels(dataset).tolist())
+            "full_eval", type(uncompiled(model)).__name__, type(dataset).__name__, settings,
+            num_samples=num_samples, rounds=rounds, get_final_imgs=get_final_imgs,
+            protocol=protocol, restarts=restarts, judges=list(transfer_models or ()),
+            classes=dataset_labels(dataset).tolist() if protocol == "paper" else None)
     run_key = loaded_key(run_key, model, transfer_models)
     plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, store, run_key, rank,
                            protocol)

@@ -62,9 +62,10 @@ class BlindSpots(Recorder):
         self.final, self.final_confs = sources.clone(), init_confs.clone()
         self.accepted = torch.zeros(len(sources), device=sources.device)
         self.passes = torch.zeros(len(sources), device=sources.device)
-        self.spans = (targets[walks] - sources[walks]).flatten(1).norm(dim=1)
+        self.spans = torch.zeros(0, device=sources.device)  # |x_s - x_t| of the walks
 
     def start(self, state: WalkState) -> None:
+        self.spans = state.span
         self.passes[state.rows] = 1
 
     def after_step(self, state: WalkState, i: int, accept: torch.Tensor) -> None:
@@ -182,6 +183,7 @@ class LayerRecorder(LogStepRecorder):
         self.model, self.layers, self.sources = model, layers, sources
         self.over_path = torch.full((len(sources), n_logs, len(layers)), float("nan"))
         self.final = torch.full((len(sources), len(layers)), float("nan"))
+        self.walks, self.reference = None, None  # every walk's row and references, at start
 
     def scores(self, x: torch.Tensor, reference: list) -> torch.Tensor:
         return scores_from(representations(self.model, x, self.layers), *reference).cpu()
@@ -200,7 +202,7 @@ class LayerRecorder(LogStepRecorder):
         self.over_path[rows, first:] = self.scores(state.x[stop], reference).unsqueeze(1)
 
     def finish(self, fields: dict) -> None:
-        if len(getattr(self, "walks", ())):
+        if self.walks is not None and len(self.walks):
             self.final[self.walks.cpu()] = self.scores(fields["final_images"][self.walks],
                                                        self.reference)
         fields.update(layer_scores=self.final, layer_scores_over_path=self.over_path)
@@ -226,16 +228,19 @@ class MatchedRecorder(Recorder):
         state.extra["matched_iters"] = torch.full((walks, f), -1, dtype=torch.int64,
                                                   device=state.x.device)
         state.extra["matched_confs"] = torch.full((walks, f), float("nan"), device=state.x.device)
-        self.after_step(state, -1, None)
+        self.record(state, 0)
 
-    def after_step(self, state: WalkState, i: int, accept: torch.Tensor | None) -> None:
-        """Keep x as the matched iterate of every fraction it reaches first at iterate i + 1.
-        No host synchronisation."""
+    def after_step(self, state: WalkState, i: int, accept: torch.Tensor) -> None:
+        self.record(state, i + 1)
+
+    def record(self, state: WalkState, iterate: int) -> None:
+        """Keep x as the matched iterate of every fraction it reaches first at `iterate`. No
+        host synchronisation."""
         extra, progress = state.extra, 1 - state.distance_left
         first = (progress.view(-1, 1) >= self.fractions.view(1, -1)) & (extra["matched_iters"] < 0)
         extra["matched_images"] = torch.where(first.view(*first.shape, 1, 1, 1),
                                               state.x.unsqueeze(1), extra["matched_images"])
-        extra["matched_iters"] = torch.where(first, torch.full_like(extra["matched_iters"], i + 1),
+        extra["matched_iters"] = torch.where(first, torch.full_like(extra["matched_iters"], iterate),
                                              extra["matched_iters"])
         extra["matched_confs"] = torch.where(first, state.conf.view(-1, 1), extra["matched_confs"])
 
@@ -259,6 +264,7 @@ class DiversityPush(Recorder):
 
     def __init__(self, diversity: float, groups: torch.Tensor, sources: torch.Tensor) -> None:
         self.diversity, self.group, self.latest = diversity, groups.to(sources.device), sources.clone()
+        self.walks = None  # the rows of every walk, at start
 
     def start(self, state: WalkState) -> None:
         self.walks = state.rows

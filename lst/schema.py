@@ -47,12 +47,12 @@ def _key_from_flags(flags: dict, kind: str) -> dict:
     settings its flags give (`LSTSettings` fields; the adversarial step only with --adv_pert)
     and the flags of the mode's sizes."""
     settings = {f.name: flags[f.name] for f in fields(LSTSettings) if f.name in flags}
-    if not flags.get("adv_pert", "adv_step_size" not in settings):
+    if not flags.get("adv_pert"):
         settings["adv_step_size"] = None
-    sizes = ("classes",) if kind == "examples" else ("num_samples", "rounds", "get_final_imgs")
     key = {"mode": kind, "model": flags.get("model"), "dataset": flags.get("dataset"),
            "settings": settings}
-    key.update({name: flags[name] for name in sizes if name in flags})
-    if kind == "examples" and "target_classes" in flags and "classes" not in key:
-        key["classes"] = flags["target_classes"]
+    if kind == "examples":
+        key["classes"] = flags.get("target_classes")
+    else:
+        key.update({n: flags[n] for n in ("num_samples", "rounds", "get_final_imgs") if n in flags})
     return key

@@ -11,7 +11,7 @@ row says its n: sources and pairs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ TYPE_NAMES = {"normal": "", "linf": " (AT)"}
 FORMATS = {"plain": "simple", "github": "github", "latex": "latex_raw", "html": "html"}
 
 RUN_HEAD = ("model", "dataset", "sources", "pairs")
+TABLE1_COLUMNS = (("p0", "init_confs"), ("final conf.", "final_confs"), ("L2 (norm.)", "l2"),
+                  ("Linf", "linf"), ("SSIM", "ssim"), ("LPIPS", "lpips"))
 SEGMENT_COLUMNS = tuple((f"{kind} kept d={d:g}", f"{kind}_kept_{d:g}") for d in SEGMENT_DELTAS
                         for kind in ("limbs", "chords"))
 
@@ -55,10 +57,7 @@ class Table:
 
 TABLES = (
     Table("1", "Table 1: blind spots vs. their targets ({spread} over kept pairs; n = sources, "
-          "kept pairs)", RUN_HEAD,
-          (("p0", "init_confs"), ("final conf.", "final_confs"), ("L2 (norm.)", "l2"),
-           ("Linf", "linf"), ("SSIM", "ssim"), ("LPIPS", "lpips")),
-          "full_eval files give Table 1 (over kept pairs)"),
+          "kept pairs)", RUN_HEAD, TABLE1_COLUMNS, "full_eval files give Table 1 (over kept pairs)"),
     Table("2", "Table 2: source-class confidence over triangles (source, two blind spots){grid}; "
           "{spread} over sources (n = sources, triangles)", RUN_HEAD,
           (("p_src", "p_src"), ("mean conf.", "mean"),
@@ -82,8 +81,8 @@ TABLES = (
              for kind in ("limbs", "chords", "triangles"))),
           "Table 2c (limbs, chords and triangles at matched progress, with --matched_fractions)"),
     Table("examples", "Table 1 over the example pairs (--examples; {spread} over kept pairs; "
-          "n = sources, kept pairs)", RUN_HEAD, (), "examples files give Table 1 over their "
-          "example pairs"),
+          "n = sources, kept pairs)", RUN_HEAD, TABLE1_COLUMNS,
+          "examples files give Table 1 over their example pairs"),
     Table("3", "Table 3: blind spots of A judged by B: fraction of kept pairs B classifies as the "
           "source, the target or another class, and B's source-class confidence; {spread}; "
           "baselines: the raw targets, and the straight line x_s + f (x_t - x_s) at each blind "
@@ -109,8 +108,6 @@ TABLES = (
           "runs with --get_layers Table 5 (layer scores: where a blind spot becomes the source)"),
 )
 TABLE = {t.key: t for t in TABLES}
-TABLE["examples"] = replace(TABLE["examples"], columns=TABLE["1"].columns)
-TABLES = tuple(TABLE[t.key] for t in TABLES)
 TABLE1, TABLE2, TABLE2B, TABLE2C, TABLE4 = (list(TABLE[k].columns)
                                             for k in ("1", "2", "2b", "2c", "4"))
 TABLE3_IMAGES = (("blind spots", "transfer_"), ("raw targets", "transfer_baseline_"),

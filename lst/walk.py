@@ -65,8 +65,10 @@ class WalkState:
     def keep(self, mask: torch.Tensor) -> "WalkState":
         """The walks where `mask` ((B,) bool) is True, every field compacted."""
         def compact(value):
-            if value is None or isinstance(value, torch.Tensor):
-                return None if value is None else value[mask]
+            if value is None:
+                return None
+            if isinstance(value, torch.Tensor):
+                return value[mask]
             if isinstance(value, list):
                 return [compact(v) for v in value]
             if isinstance(value, dict):
