@@ -30,7 +30,7 @@ from lst.progress import set_quiet
 from lst.results import ResultsError, WriteError
 from lst.identity import file_digest, loaded_key, run_key
 from lst.runstore import RunStore
-from lst.sampling import PROTOCOLS, random_classes
+from lst.sampling import MIN_CONFIDENCE, PROTOCOLS, random_classes
 from lst.traversal import LSTSettings
 
 
@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(description="Level Set Traversal: blind spots of image classifiers.")
     p.add_argument("model", help="a registry name (ARCH-TYPE, e.g. resnet50-normal, wideresnet-linf, "
                                  "smallcnn-normal), a TorchScript file, or package.module:callable")
-    p.add_argument("dataset", help="imagenet, cifar10, shapes, or folder (--data_path DIR)")
+    p.add_argument("dataset", help="imagenet, cifar10, photos (real photographs of ImageNet "
+                                   "classes, shipped), shapes, or folder (--data_path DIR)")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--examples", action="store_true", help="all pairs of one image per class")
     mode.add_argument("--full_eval", action="store_true", help="many sources, Tables 1 and 2")
@@ -89,18 +90,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="full_eval targets per source")
     p.add_argument("--protocol", choices=PROTOCOLS, default="ours",
                    help="full_eval: ours (--num_samples sources spread over the classes, targets "
-                        "of other classes) or paper (the paper's final code: the example images "
+                        "of other classes), paper (the paper's final code: the example images "
                         "of --target_classes are the pool of sources, and each of --rounds "
-                        "rounds is a random derangement of that pool; --num_samples is not used)")
+                        "rounds is a random derangement of that pool; --num_samples is not used) "
+                        "or pairs (the same pool, every ordered pair of it with --rounds = pool "
+                        "size - 1: for a pool too small to sample from, such as photos)")
+    p.add_argument("--min_confidence", type=float, default=MIN_CONFIDENCE, metavar="P",
+                   help="an example image (and a full_eval source) is an image the model "
+                        "classifies correctly with a confidence above P (default: the paper's "
+                        f"{MIN_CONFIDENCE}; photos needs less, README)")
     p.add_argument("--get_final_imgs", action="store_true", help="full_eval: images and Table 2")
     p.add_argument("--restarts", type=int, default=1, metavar="K",
                    help="K walks per (source, target), each from its own initial noise (walk 0 "
                         "is the one a run without restarts does, and fills Tables 1-3); Table 4 "
                         "of print_tables.py compares them (with --diversity: pushed apart)")
     p.add_argument("--target_classes", nargs="+", default=None, metavar="CLASS",
-                   help="examples classes (and the pool of --protocol paper), by index or name, "
-                        "or 'all' (default: the dataset's, 99 199 299 400 499 on ImageNet, 0-4 "
-                        "on 10-class sets, a folder's first 5)")
+                   help="examples classes (and the pool of --protocol paper or pairs), by index "
+                        "or name, or 'all' (default: the dataset's, 99 199 299 400 499 on "
+                        "ImageNet, the 5 photos' classes on photos, 0-4 on 10-class sets, a "
+                        "folder's first 5)")
     p.add_argument("--random_target_classes", action="store_true",
                    help="draw as many random classes as --target_classes has, from --seed")
     p.add_argument("--transfer_models", nargs="+", default=[], metavar="MODEL",
@@ -215,16 +223,23 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
     if bad:
         raise DataError(f"class {bad[0]} is out of range: {where} has classes "
                         f"0..{info.num_classes - 1}")
-    if info.needs_model_config and not args.load_dict and not Path(root).is_dir():
+    if info.path_flag is not None and info.needs_model_config and not args.load_dict \
+            and not Path(root).is_dir():
         raise DataError(f"{args.dataset} path {root} does not exist: expected {info.layout}")
     if len(set(args.target_classes)) < len(args.target_classes):
         twice = sorted({c for c in args.target_classes if args.target_classes.count(c) > 1})
         raise DataError(f"--target_classes names class(es) {twice} more than once")
     if args.protocol != "ours" and not args.full_eval:
         raise DataError("--protocol chooses the sources and targets of --full_eval")
-    if args.protocol == "paper" and len(args.target_classes) < 2:
-        raise DataError("--protocol paper needs at least 2 --target_classes: its pool is their "
-                        "example images, and each round a derangement of that pool")
+    if args.protocol != "ours" and len(args.target_classes) < 2:
+        raise DataError(f"--protocol {args.protocol} needs at least 2 --target_classes: its pool "
+                        "is their example images")
+    if args.protocol == "pairs" and args.rounds > len(args.target_classes) - 1:
+        raise DataError(f"--protocol pairs: a pool of {len(args.target_classes)} images has "
+                        f"{len(args.target_classes) - 1} targets per source; --rounds "
+                        f"{len(args.target_classes) - 1} is every ordered pair")
+    if not 0 <= args.min_confidence < 1:
+        raise DataError(f"--min_confidence must be in [0, 1), got {args.min_confidence}")
     if args.examples and len(args.target_classes) < 3:
         raise DataError("--examples needs at least 3 distinct --target_classes"
                         + (f" ({where} has {len(args.target_classes)} class(es) with images)"
@@ -262,7 +277,8 @@ def run_identity(args: argparse.Namespace, settings: LSTSettings) -> dict:
         data_root=root, weights_file=local_weights_file(args.model, args.dataset,
                                                         args.load_model_path),
         model_file=model_file_digest(args.model),
-        preprocessing=preprocessing, lpips=alexnet_weights_path() is not None)
+        preprocessing=preprocessing, lpips=alexnet_weights_path() is not None,
+        min_confidence=args.min_confidence)
 
 
 def results_flags(args: argparse.Namespace) -> dict:
@@ -374,7 +390,7 @@ def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
                                    dataset_name=prefix,
                                    batch_size=args.batch_size, transfer_models=transfer_models,
                                    store=store, run_key=key, flags=results_flags(args),
-                                   restarts=args.restarts)
+                                   restarts=args.restarts, min_confidence=args.min_confidence)
             figures = plot_examples(results, [names[c] for c in results["classes"]],
                                     store.out_dir, store.stem, settings.width_distances)
     except KeyboardInterrupt:
@@ -402,7 +418,7 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
         with store.open(restart=args.fresh):
             model, dataset, transfer_models = model_and_data(args)
             key = loaded_key(key, model, transfer_models)
-            if args.protocol == "paper":
+            if args.protocol != "ours":
                 dataset, digests = example_pool(model, dataset, args, store.out_dir, rank)
                 key = loaded_key(key, model, example_images=digests)
             done, error = None, None
@@ -421,7 +437,8 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
                 model, dataset, settings, num_samples=args.num_samples, rounds=args.rounds,
                 batch_size=args.batch_size, get_final_imgs=args.get_final_imgs, store=store,
                 rank=rank, transfer_models=transfer_models, run_key=key, flags=results_flags(args),
-                restarts=args.restarts, protocol=args.protocol, num_workers=args.num_workers)
+                restarts=args.restarts, protocol=args.protocol, num_workers=args.num_workers,
+                min_confidence=args.min_confidence)
             if not rank.is_main:
                 return None
             written = [store.path("fulleval_dict")] + ([] if all_confs is None
@@ -440,20 +457,20 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
 
 
 def example_pool(model, dataset, args: argparse.Namespace, out_dir: Path, rank):
-    """--protocol paper: the example images of --target_classes in out_dir (made as --examples
-    makes them where missing, by rank 0) as a dataset, items (image, class) in class order, and
-    their content hashes (for the run key, as for an examples run)."""
+    """--protocol paper or pairs: the example images of --target_classes in out_dir (made as
+    --examples makes them where missing, by rank 0) as a dataset, items (image, class) in class
+    order, and their content hashes (for the run key, as for an examples run)."""
     from torch.utils.data import TensorDataset
 
     from lst import distributed
     from lst.experiments import example_image_digests, example_targets
 
     prefix = examples_prefix(args.dataset, data_root(args))
-    made = (example_targets(model, dataset, args.target_classes, out_dir, prefix)
-            if rank.is_main else None)
+    made = (example_targets(model, dataset, args.target_classes, out_dir, prefix,
+                            args.min_confidence) if rank.is_main else None)
     distributed.barrier()  # the other ranks read the images rank 0 made
     images, classes, _ = made or example_targets(model, dataset, args.target_classes, out_dir,
-                                                 prefix)
+                                                 prefix, args.min_confidence)
     return (TensorDataset(images, classes),
             example_image_digests(out_dir, prefix, args.target_classes))
 
@@ -486,6 +503,7 @@ def saved_pairs(store: RunStore) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "Animation.save using ..."
     set_quiet(args.quiet)
     # library deprecation notices (torch.jit via timm, pkg_resources via RobustBench) are not
     # the user's business

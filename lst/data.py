@@ -7,6 +7,9 @@ Datasets yield ((C,H,W) float32 in [0,1], int label); the model does its own nor
   cifar10:  torchvision's CIFAR-10 (root/cifar-10-batches-py; downloaded when missing and
             online), or a folder tree root/test/<class>/ with the ten class folders, sorted =
             CIFAR-10 label order.
+  photos:   real photographs of ImageNet classes shipped inside installed packages
+            (scikit-image's data), one per class, labelled with ImageNet's 1000 classes
+            (lst.photos); resized and centre-cropped as the model wants.
   shapes:   synthetic, generated in memory from the seed (lst.shapes).
   folder:   any images, root/<class name>/*, torchvision's ImageFolder convention (classes in
             sorted order, or in the order of root/classes.txt, which may name classes without a
@@ -32,6 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 
+from .photos import PHOTOS, PhotosDataset
 from .shapes import SHAPE_CLASSES, ShapesDataset
 
 
@@ -267,6 +271,10 @@ def _load_cifar10(root: Path, config: DataConfig | None, split: str, seed: int) 
     return load_cifar10(root, split=split)
 
 
+def _load_photos(root: Path | None, config: DataConfig | None, split: str, seed: int) -> Dataset:
+    return PhotosDataset((config or DataConfig()).transform())
+
+
 def _load_shapes(root: Path | None, config: DataConfig | None, split: str, seed: int) -> Dataset:
     return ShapesDataset(split=split, seed=seed)
 
@@ -311,6 +319,9 @@ DATASETS = {info.name: info for info in (
                 "--imgnet_path", "val/<wnid>/ images", _load_imagenet, needs_model_config=True),
     DatasetInfo("cifar10", CIFAR10_CLASSES, (3, 32, 32), (0, 1, 2, 3, 4), "--cifar_path",
                 "torchvision's files or test/<class>/ images", _load_cifar10),
+    DatasetInfo("photos", IMAGENET_CLASSES, (3, 224, 224), tuple(p.label for p in PHOTOS), None,
+                "photographs shipped in installed packages (lst.photos)", _load_photos,
+                needs_model_config=True),
     DatasetInfo("shapes", SHAPE_CLASSES, (3, 32, 32), (0, 1, 2, 3, 4), None,
                 "generated in memory", _load_shapes),
     DatasetInfo("folder", None, None, None, "--data_path", FOLDER_LAYOUT, _load_folder,
@@ -345,8 +356,9 @@ def load_dataset(name: str, *, root: str | Path | None = None, config: DataConfi
                  split: str = "test", seed: int = 0) -> Dataset:
     """The `split` of dataset `name` (a key of DATASETS). Raises DataError on bad input.
 
-    root: the dataset's folder (imagenet, cifar10, folder); config: the model's DataConfig
-    (imagenet, folder); seed: generation seed (shapes).
+    root: the dataset's folder (imagenet, cifar10, folder; photos and shapes have none);
+    config: the model's DataConfig
+    (imagenet, photos, folder); seed: generation seed (shapes).
     """
     info = check_root(name, root)
     return info.load(None if root is None else Path(root), config, split, seed)

@@ -32,8 +32,8 @@ from .restarts import RESTART_FIELDS, restart_geometry
 from .results import atomic_write
 from .identity import file_digest, loaded_key, provenance, results_args, run_key as make_run_key
 from .runstore import ResumeError, RunStore
-from .sampling import (PROTOCOLS, assign_targets, derangement_targets, example_image_names,
-                       select_sources, select_targets)
+from .sampling import (MIN_CONFIDENCE, PROTOCOLS, assign_targets, derangement_targets,
+                       every_pair_targets, example_image_names, select_sources, select_targets)
 from .transfer import judge_pairs
 from .traversal import LSTSettings, level_set_traversal
 
@@ -91,9 +91,11 @@ def _split_restarts(out: dict, restarts: int) -> dict:
 
 
 def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], out_dir: Path,
-                    dataset_name: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                    dataset_name: str, min_confidence: float = MIN_CONFIDENCE
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """One image per class (docs/design.md, "Modes"), saved as
-    {out_dir}/{dataset_name}_target_{class}.png and reused.
+    {out_dir}/{dataset_name}_target_{class}.png and reused: the first image of the class that
+    the model classifies correctly with confidence > min_confidence (`select_targets`).
 
     Returns the images (K,C,H,W) in [0,1], their classes (K,) and the PNGs' file names. A saved
     PNG is 8-bit (grayscale for 1-channel images): images that were not 8-bit (resized crops)
@@ -111,7 +113,8 @@ def example_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], 
         else:
             missing.append(k)
     if missing:
-        found = select_targets(model, dataset, [classes[k] for k in missing])
+        found = select_targets(model, dataset, [classes[k] for k in missing],
+                               min_confidence=min_confidence)
         loaded, _ = stack_items(dataset, found)
         for k, img in zip(missing, loaded):
             pixels = (img * 255).round().clamp(0, 255).to(torch.uint8)
@@ -135,12 +138,14 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
                  *, out_dir: str | Path, dataset_name: str, batch_size: int = 64,
                  hull_chunk: int = 512, transfer_models: Mapping[str, nn.Module] | None = None,
                  store: RunStore | None = None, run_key: dict | None = None,
-                 flags: dict | None = None, restarts: int = 1) -> dict:
+                 flags: dict | None = None, restarts: int = 1,
+                 min_confidence: float = MIN_CONFIDENCE) -> dict:
     """All-pairs LST between one image per class and everything the figures need.
 
     model: on [0,1] images (N,C,H,W) -> logits, on its device; dataset: items ((C,H,W) float in
     [0,1], int label); classes: the K >= 3 classes, one image each (`example_targets`, saved in
-    out_dir as {dataset_name}_target_{class}.png and reused). With a `store`
+    out_dir as {dataset_name}_target_{class}.png and reused; a new one is classified correctly
+    with confidence > min_confidence). With a `store`
     (`RunStore.for_run` of an "examples" key, opened), the results file is written there
     ({stem}_examples_dict.pkl, args from `lst.identity.results_args` with `flags`), the same
     file the command line writes, under `run_key` (default: the store's key), completed with
@@ -162,7 +167,7 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     """
     origin = provenance()
     images, labels, target_files = example_targets(model, dataset, classes, Path(out_dir),
-                                                   dataset_name)
+                                                   dataset_name, min_confidence)
     k = len(classes)
     pairs = [(s, t) for s in range(k) for t in range(k) if s != t]
     src = torch.tensor([s for s, _ in pairs])
@@ -295,10 +300,10 @@ def float32_violations(init_confs: np.ndarray, final_confs: np.ndarray, kept: np
 
 def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, num_samples: int,
                     rounds: int, store: RunStore | None, run_key: dict, rank: Rank,
-                    protocol: str = "ours") -> dict:
+                    protocol: str = "ours", min_confidence: float = MIN_CONFIDENCE) -> dict:
     """Sources and targets of the run: from the store when resuming, else chosen anew (ours:
-    `select_sources` and `assign_targets`; the paper's: every image of the dataset, the pool,
-    and `derangement_targets`).
+    `select_sources` and `assign_targets`; paper and pairs: every image of the dataset, the
+    pool, and `derangement_targets` or `every_pair_targets`).
 
     Rank 0 decides and every rank gets the same plan. A saved plan of a run with other
     results-relevant arguments raises ResumeError on every rank.
@@ -311,8 +316,12 @@ def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, n
                 if protocol == "paper":
                     pool = np.arange(len(dataset))
                     targets = derangement_targets(len(pool), rounds, seed=settings.seed)
+                elif protocol == "pairs":
+                    pool = np.arange(len(dataset))
+                    targets = every_pair_targets(len(pool), rounds)
                 else:
-                    pool = select_sources(model, dataset, num_samples, seed=settings.seed)
+                    pool = select_sources(model, dataset, num_samples, seed=settings.seed,
+                                          min_confidence=min_confidence)
                     targets = assign_targets(dataset_labels(dataset)[pool], rounds,
                                              seed=settings.seed)
                 plan = {"pool": pool, "targets": targets}
@@ -333,13 +342,18 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
                   run_key: dict | None = None, rank: Rank = Rank(),
                   transfer_models: Mapping[str, nn.Module] | None = None,
                   flags: dict | None = None, restarts: int = 1, protocol: str = "ours",
-                  num_workers: int = 0) -> tuple[dict | None, dict | None]:
+                  num_workers: int = 0, min_confidence: float = MIN_CONFIDENCE
+                  ) -> tuple[dict | None, dict | None]:
     """LST from `num_samples` sources to `rounds` targets each, resumable and sharded.
 
     protocol "ours" (the default): `num_samples` sources spread over the classes and targets of
     other classes (`lst.sampling`). "paper", the paper's final code's: every image of `dataset`
     is a source (num_samples is not used), and round r's targets are a random derangement of
-    them (`lst.sampling.derangement_targets`); results["protocol"] = "paper".
+    them (`lst.sampling.derangement_targets`); results["protocol"] = "paper". "pairs": every
+    image of `dataset` is a source, and round r's target of image i is image i + r + 1 (cyclic),
+    so rounds = len(dataset) - 1 is every ordered pair (`lst.sampling.every_pair_targets`; for a
+    pool too small to sample from, the photos); results["protocol"] = "pairs". min_confidence:
+    protocol ours takes sources classified correctly with a confidence above it.
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
     does not depend on the batch size, the number of processes or a resume. With a `store`
@@ -367,10 +381,11 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
             "full_eval", type(uncompiled(model)).__name__, type(dataset).__name__, settings,
             num_samples=num_samples, rounds=rounds, get_final_imgs=get_final_imgs,
             protocol=protocol, restarts=restarts, judges=list(transfer_models or ()),
-            classes=dataset_labels(dataset).tolist() if protocol == "paper" else None)
+            classes=dataset_labels(dataset).tolist() if protocol != "ours" else None,
+            min_confidence=min_confidence)
     run_key = loaded_key(run_key, model, transfer_models)
     plan = _full_eval_plan(model, dataset, settings, num_samples, rounds, store, run_key, rank,
-                           protocol)
+                           protocol, min_confidence)
     pairs = FullEvalPairs(dataset, plan["pool"], plan["targets"], rounds)
     n_pairs = len(pairs.pool) * rounds
     barrier()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .results import plain, results_stem
+from .sampling import MIN_CONFIDENCE
 from .schema import SCHEMA_VERSION
 from .settings import LSTSettings
 
@@ -37,19 +38,20 @@ def run_key(mode: str, model: str, dataset: str, settings: LSTSettings, *,
             judge_model_files: Sequence[str | None] | None = None,
             data_root: str | Path | None = None, weights_file: str | Path | None = None,
             model_file: str | None = None, preprocessing: dict | None = None,
-            lpips: bool = False) -> dict:
+            lpips: bool = False, min_confidence: float = MIN_CONFIDENCE) -> dict:
     """Every argument that decides a run's results, as plain values: the one builder of run
     keys, for the command line and the library alike.
 
     mode: "examples" (classes: its K classes) or "full_eval" (num_samples, rounds,
-    get_final_imgs; protocol "paper" adds the pool's classes); restarts: walks per pair; judges:
+    get_final_imgs; protocols paper and pairs add the pool's classes); restarts: walks per pair; judges:
     the names of the transfer models (judge_weights_files / judge_model_files: the content
     hashes of their local weights and model files, where the command line knows them);
     data_root: the dataset's folder (resolved, so a relative path names the same data);
     weights_file: a local weights file known before the model is loaded, model_file: the
     content hash of a user's model file (so retrained weights or an edited model make another
     run); preprocessing: --mean/--std/--image_size as given; lpips: LPIPS is computed (its
-    weights are there), not NaN.
+    weights are there), not NaN; min_confidence: the confidence above which new sources and
+    example images are taken.
 
     Arguments at their defaults (restarts 1, protocol ours, no judges, ...) are left out, so the
     run ids of runs made before they existed stay as they were. What is known only once the
@@ -67,6 +69,8 @@ def run_key(mode: str, model: str, dataset: str, settings: LSTSettings, *,
     optional = {"restarts": restarts if restarts > 1 else None, "model_file": model_file,
                 "preprocessing": preprocessing or None, "lpips": True if lpips else None,
                 "transfer_models": list(judges) or None,
+                "min_confidence": (float(min_confidence) if min_confidence != MIN_CONFIDENCE
+                                   else None),
                 "transfer_weights_files": judge_weights_files if judges else None,
                 "transfer_model_files": judge_model_files if judges else None}
     key.update({name: value for name, value in optional.items() if value is not None})

@@ -195,13 +195,29 @@ def plot_widths(results: dict, distances: Sequence[float], path: Path) -> Path:
     return _save(fig, path)
 
 
+def walk_frames(results: dict, source: int, target: int, limit: int | None = None) -> list[int]:
+    """The recordings of one walk to show: those taken before it stopped (under the adaptive
+    schedule a stopped walk's later recordings repeat its last iterate; `passes` - 1 is the
+    steps it took), at most `limit` of them spread evenly, the first always."""
+    iters = np.asarray(results["log_iters"])
+    passes = results.get("passes")
+    taken = (np.flatnonzero(iters < passes[source, target] - 1) if passes is not None
+             else np.arange(len(iters)))
+    if len(taken) == 0:
+        taken = np.arange(min(1, len(iters)))
+    if limit is not None and len(taken) > limit:
+        taken = taken[np.unique(np.linspace(0, len(taken) - 1, limit).round().astype(int))]
+    return taken.tolist()
+
+
 def plot_path_strip(results: dict, class_names: Sequence[str], source: int, target: int,
-                    path: Path) -> Path:
-    """The recorded images along one LST path with their source-class confidence."""
+                    path: Path, max_frames: int = 12) -> Path:
+    """The recorded images along one LST path (at most `max_frames`, `walk_frames`) and the
+    blind spot, with their source-class confidence."""
     images = results["images_over_path"][source, target]  # (R,C,H,W) uint8
     iters = results["log_iters"]
     confs = results.get("confs_over_path")
-    shown = list(range(len(images))) + ["final"]
+    shown = walk_frames(results, source, target, max_frames) + ["final"]
     fig, axes = plt.subplots(1, len(shown), figsize=(1.3 * len(shown), 1.9), squeeze=False)
     for ax, r in zip(axes[0], shown):
         if r == "final":
@@ -226,10 +242,13 @@ def animate_path(results: dict, class_names: Sequence[str], source: int, target:
     """A GIF of one LST path: each recorded iterate (then the blind spot) beside the target image
     and the source- and target-class confidence up to that step (matplotlib's animation with
     Pillow; about 100 KB for 21 frames of a 32x32 image)."""
-    images = results["images_over_path"][source, target]  # (R,C,H,W) uint8
-    confs = results["confs_over_path"][source, target]  # (R,2)
-    iters = np.asarray(results["log_iters"])
-    final_iter = int(iters[-1] + (iters[1] - iters[0] if len(iters) > 1 else 1))
+    taken = walk_frames(results, source, target)
+    images = results["images_over_path"][source, target][taken]  # (R',C,H,W) uint8
+    confs = results["confs_over_path"][source, target][taken]  # (R',2)
+    iters = np.asarray(results["log_iters"])[taken]
+    passes = results.get("passes")
+    final_iter = (int(passes[source, target]) - 1 if passes is not None else
+                  int(iters[-1] + (iters[1] - iters[0] if len(iters) > 1 else 1)))
     frames = [(_hwc(img), f"iteration {int(it)}") for img, it in zip(images, iters)]
     frames.append((_hwc(results["blind_spots"][source, target]), f"blind spot (it. {final_iter})"))
     fig, (shown, goal, curve) = plt.subplots(1, 3, figsize=(7.2, 2.5), dpi=80,

@@ -2,10 +2,11 @@
 and the targets of a run.
 
   select_targets   --examples: per class, the first image the model classifies correctly with
-                   confidence > 0.6
+                   confidence > --min_confidence (the paper's 0.6 by default)
   select_sources   --full_eval: sources spread over classes, in an order shuffled from the seed
   assign_targets   --full_eval: each source's targets, of other classes, from (seed, source, round)
   derangement_targets  --full_eval --protocol paper: each round a random derangement of the pool
+  every_pair_targets   --full_eval --protocol pairs: every ordered pair of the pool, once
   random_classes   --random_target_classes
 
 Every choice depends on the seed, the data and the model only, never on the batch size, the
@@ -23,7 +24,8 @@ from .batching import chunks
 from .confidence import predict
 from .data import DataError, dataset_labels, stack_items
 
-PROTOCOLS = ("ours", "paper")  # full_eval's choice of sources and targets (`run_full_eval`)
+PROTOCOLS = ("ours", "paper", "pairs")  # full_eval's sources and targets (`run_full_eval`)
+MIN_CONFIDENCE = 0.6  # the paper's: a source or example image is classified right above it
 
 
 def _confident(model: nn.Module, dataset: Dataset, candidates: Sequence[int],
@@ -38,7 +40,7 @@ def _confident(model: nn.Module, dataset: Dataset, candidates: Sequence[int],
 
 
 def select_targets(model: nn.Module, dataset: Dataset, classes: Sequence[int], *,
-                   min_confidence: float = 0.6, batch_size: int = 64) -> list[int]:
+                   min_confidence: float = MIN_CONFIDENCE, batch_size: int = 64) -> list[int]:
     """For each class, the index of its first image the model gets right with conf > threshold.
 
     Raises DataError for a class out of range or one with no such image.
@@ -83,7 +85,7 @@ def balanced_allocation(capacity: Sequence[float], total: int) -> list[int]:
 
 
 def select_sources(model: nn.Module, dataset: Dataset, num_samples: int, *, seed: int = 0,
-                   min_confidence: float = 0.6, batch_size: int = 256) -> np.ndarray:
+                   min_confidence: float = MIN_CONFIDENCE, batch_size: int = 256) -> np.ndarray:
     """`num_samples` indices of images classified correctly with conf > threshold, class-spread.
 
     Each class's images are visited in an order shuffled from `seed`; each class contributes its
@@ -162,6 +164,19 @@ def derangement_targets(pool_size: int, rounds: int, seed: int = 0) -> np.ndarra
             order = rng.permutation(pool_size)
         out[:, r] = order
     return out
+
+
+def every_pair_targets(pool_size: int, rounds: int) -> np.ndarray:
+    """--protocol pairs: round r's target of pool image i is image (i + r + 1) mod pool_size.
+    Each round is a derangement, and pool_size - 1 rounds give every ordered pair of the pool
+    exactly once: the whole of a small pool (the photos), with nothing drawn at random.
+
+    Returns (pool_size, rounds) int64; DataError unless 1 <= rounds <= pool_size - 1.
+    """
+    if not 1 <= rounds <= pool_size - 1:
+        raise DataError(f"a pool of {pool_size} images has {pool_size - 1} targets per source: "
+                        f"--rounds must be 1..{pool_size - 1} (all: every ordered pair), got {rounds}")
+    return (np.arange(pool_size)[:, None] + np.arange(1, rounds + 1)[None, :]) % pool_size
 
 
 def random_classes(num_classes: int, count: int, seed: int = 0) -> list[int]:

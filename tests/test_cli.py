@@ -193,6 +193,10 @@ BAD_INPUTS = [
      "--protocol chooses the sources and targets of --full_eval"),
     (["smallcnn-normal", "shapes", "--full_eval", "--protocol", "paper", "--target_classes", "3"],
      "needs at least 2 --target_classes"),
+    (["smallcnn-normal", "shapes", "--full_eval", "--protocol", "pairs", "--target_classes", "1",
+      "2", "3", "--rounds", "3"], "a pool of 3 images has 2 targets per source"),
+    (["smallcnn-normal", "shapes", "--examples", "--min_confidence", "1"],
+     r"--min_confidence must be in \[0, 1\)"),
 ]
 
 
@@ -286,6 +290,42 @@ def test_protocol_paper_walks_the_example_images_through_derangements(tmp_path, 
     # the default protocol leaves the run key as it was
     ours = cli.parse_args(argv[:3] + argv[5:])
     assert "protocol" not in cli.run_identity(ours, cli.check_args(ours))
+
+
+def test_protocol_pairs_walks_every_ordered_pair_of_the_pool_once(tmp_path):
+    """--protocol pairs: the example images of --target_classes, every ordered pair of them
+    exactly once (rounds = pool size - 1), as a run of its own."""
+    argv = ["smallcnn-normal", "shapes", "--full_eval", "--protocol", "pairs", "--target_classes",
+            "0", "1", "2", "3", "--rounds", "3", "--get_final_imgs", "--out_dir", str(tmp_path),
+            *FAST]
+    assert cli.main(argv) == 0
+    saved = load_results(tmp_path / f"{stem_for(argv)}_fulleval_dict.pkl")
+    results, key = saved["results"], saved["args"]["run_key"]
+    assert results["protocol"] == "pairs" and key["protocol"] == "pairs"
+    pairs = [(s, t) for s, row in zip(results["source_indices"], results["target_indices"])
+             for t in row]
+    assert sorted(pairs) == [(s, t) for s in range(4) for t in range(4) if s != t]
+    assert stem_for(argv) != stem_for([*argv[:4], "paper", *argv[5:]])
+
+
+def test_min_confidence_is_the_example_images_threshold_and_part_of_the_key(tmp_path, monkeypatch):
+    """--min_confidence is the threshold select_targets gets; a run key names it only when
+    it is not the paper's 0.6 (so earlier runs keep their ids)."""
+    import lst.experiments
+
+    asked = []
+    real = lst.experiments.select_targets
+    monkeypatch.setattr(lst.experiments, "select_targets",
+                        lambda *a, **k: asked.append(k["min_confidence"]) or real(*a, **k))
+    argv = ["smallcnn-normal", "shapes", "--examples", "--out_dir", str(tmp_path), *FAST]
+    for threshold in ("0.2", "0.95"):
+        assert cli.main([*argv, "--out_dir", str(tmp_path / threshold), "--min_confidence",
+                         threshold]) == 0
+    assert asked == [0.2, 0.95]  # what the threshold selects: test_data, select_targets
+    default = cli.parse_args(argv)
+    assert "min_confidence" not in cli.run_identity(default, cli.check_args(default))
+    other = cli.parse_args([*argv, "--min_confidence", "0.2"])
+    assert cli.run_identity(other, cli.check_args(other))["min_confidence"] == 0.2
 
 
 def test_cli_defaults_are_the_settings_defaults():

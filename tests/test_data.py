@@ -7,8 +7,8 @@ from PIL import Image
 from torch import nn
 
 from lst.data import DataConfig, DataError, dataset_labels, load_dataset
-from lst.sampling import (assign_targets, derangement_targets, random_classes, select_sources,
-                          select_targets)
+from lst.sampling import (assign_targets, derangement_targets, every_pair_targets,
+                          random_classes, select_sources, select_targets)
 from lst.shapes import ShapesDataset
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -154,6 +154,19 @@ def test_derangement_targets_give_every_pool_image_once_per_round_never_its_own(
     assert not np.array_equal(derangement_targets(10, 5, 0), derangement_targets(10, 5, 1))
     with pytest.raises(DataError, match="at least 2"):
         derangement_targets(1, 5)
+
+
+def test_every_pair_targets_give_each_ordered_pair_once():
+    for size in (2, 3, 5, 8):
+        t = every_pair_targets(size, size - 1)
+        pairs = {(s, t[s, r]) for s in range(size) for r in range(size - 1)}
+        assert pairs == {(s, u) for s in range(size) for u in range(size) if s != u}
+        for r in range(size - 1):  # each round a derangement, as the paper's rounds are
+            assert sorted(t[:, r]) == list(range(size)) and (t[:, r] != np.arange(size)).all()
+        assert np.array_equal(every_pair_targets(size, 1), t[:, :1])
+    for rounds in (0, 5):
+        with pytest.raises(DataError, match="--rounds must be 1..4"):
+            every_pair_targets(5, rounds)
 
 
 def test_random_classes_are_valid_and_distinct():
