@@ -357,8 +357,7 @@ def load_dataset(name: str, *, root: str | Path | None = None, config: DataConfi
     """The `split` of dataset `name` (a key of DATASETS). Raises DataError on bad input.
 
     root: the dataset's folder (imagenet, cifar10, folder; photos and shapes have none);
-    config: the model's DataConfig
-    (imagenet, photos, folder); seed: generation seed (shapes).
+    config: the model's DataConfig (imagenet, photos, folder); seed: generation seed (shapes).
     """
     info = check_root(name, root)
     return info.load(None if root is None else Path(root), config, split, seed)

@@ -301,9 +301,12 @@ def float32_violations(init_confs: np.ndarray, final_confs: np.ndarray, kept: np
 def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, num_samples: int,
                     rounds: int, store: RunStore | None, run_key: dict, rank: Rank,
                     protocol: str = "ours", min_confidence: float = MIN_CONFIDENCE) -> dict:
-    """Sources and targets of the run: from the store when resuming, else chosen anew (ours:
-    `select_sources` and `assign_targets`; paper and pairs: every image of the dataset, the
-    pool, and `derangement_targets` or `every_pair_targets`).
+    """Sources and targets of the run: from the store when resuming, else chosen anew. ours:
+    `num_samples` sources classified correctly with confidence > min_confidence, spread over
+    the classes (`select_sources`), targets of other classes (`assign_targets`). paper (the
+    paper's final code's) and pairs: every image of the dataset is a source, and round r's
+    targets are a random derangement of them (`derangement_targets`) or, for image i, image
+    i + r + 1 (`every_pair_targets`: rounds = len(dataset) - 1 is every ordered pair).
 
     Rank 0 decides and every rank gets the same plan. A saved plan of a run with other
     results-relevant arguments raises ResumeError on every rank.
@@ -313,12 +316,10 @@ def _full_eval_plan(model: nn.Module, dataset: Dataset, settings: LSTSettings, n
         try:
             plan = store.load_plan(run_key) if store is not None else None
             if plan is None:
-                if protocol == "paper":
+                if protocol != "ours":  # the dataset is the pool
                     pool = np.arange(len(dataset))
-                    targets = derangement_targets(len(pool), rounds, seed=settings.seed)
-                elif protocol == "pairs":
-                    pool = np.arange(len(dataset))
-                    targets = every_pair_targets(len(pool), rounds)
+                    targets = (derangement_targets(len(pool), rounds, seed=settings.seed)
+                               if protocol == "paper" else every_pair_targets(len(pool), rounds))
                 else:
                     pool = select_sources(model, dataset, num_samples, seed=settings.seed,
                                           min_confidence=min_confidence)
@@ -346,14 +347,8 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
                   ) -> tuple[dict | None, dict | None]:
     """LST from `num_samples` sources to `rounds` targets each, resumable and sharded.
 
-    protocol "ours" (the default): `num_samples` sources spread over the classes and targets of
-    other classes (`lst.sampling`). "paper", the paper's final code's: every image of `dataset`
-    is a source (num_samples is not used), and round r's targets are a random derangement of
-    them (`lst.sampling.derangement_targets`); results["protocol"] = "paper". "pairs": every
-    image of `dataset` is a source, and round r's target of image i is image i + r + 1 (cyclic),
-    so rounds = len(dataset) - 1 is every ordered pair (`lst.sampling.every_pair_targets`; for a
-    pool too small to sample from, the photos); results["protocol"] = "pairs". min_confidence:
-    protocol ours takes sources classified correctly with a confidence above it.
+    protocol (`_full_eval_plan`): "ours" (the default), or "paper" and "pairs", whose pool is
+    all of `dataset` (num_samples is not used); results["protocol"] names a protocol not ours.
 
     Pair k = (source k // rounds, round k % rounds) uses sample id k for its noise, so its result
     does not depend on the batch size, the number of processes or a resume. With a `store`

@@ -43,8 +43,8 @@ def run_key(mode: str, model: str, dataset: str, settings: LSTSettings, *,
     keys, for the command line and the library alike.
 
     mode: "examples" (classes: its K classes) or "full_eval" (num_samples, rounds,
-    get_final_imgs; protocols paper and pairs add the pool's classes); restarts: walks per pair; judges:
-    the names of the transfer models (judge_weights_files / judge_model_files: the content
+    get_final_imgs; protocols paper and pairs add the pool's classes); restarts: walks per
+    pair; judges: the names of the transfer models (judge_weights_files / judge_model_files: the content
     hashes of their local weights and model files, where the command line knows them);
     data_root: the dataset's folder (resolved, so a relative path names the same data);
     weights_file: a local weights file known before the model is loaded, model_file: the

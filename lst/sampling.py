@@ -175,7 +175,8 @@ def every_pair_targets(pool_size: int, rounds: int) -> np.ndarray:
     """
     if not 1 <= rounds <= pool_size - 1:
         raise DataError(f"a pool of {pool_size} images has {pool_size - 1} targets per source: "
-                        f"--rounds must be 1..{pool_size - 1} (all: every ordered pair), got {rounds}")
+                        f"--rounds must be 1..{pool_size - 1} (all: every ordered pair), "
+                        f"got {rounds}")
     return (np.arange(pool_size)[:, None] + np.arange(1, rounds + 1)[None, :]) % pool_size
 
 
