@@ -26,6 +26,7 @@ import torch
 from lst.data import (DataError, check_root, dataset_info, dataset_label, examples_prefix,
                       folder_image_size, load_dataset)
 from lst.metrics import alexnet_weights_path
+from lst.precision import resolve_precision
 from lst.progress import set_quiet
 from lst.results import ResultsError, WriteError
 from lst.identity import file_digest, loaded_key, run_key
@@ -52,8 +53,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                                help=f.metadata["switch_help"])
             group.add_argument(f"--{f.name}", type=float, default=f.metadata["switch_default"],
                                help=help_text)
-        elif isinstance(default, bool):
-            group.add_argument(f"--{f.name}", action="store_true", help=help_text)
+        elif isinstance(default, bool):  # on by default: --no-NAME turns it off
+            group.add_argument(f"--{f.name}", default=default, help=help_text, action=(
+                argparse.BooleanOptionalAction if default else "store_true"))
         elif isinstance(default, tuple):
             group.add_argument(f"--{f.name}", type=f.metadata.get("item_type") or type(default[0]),
                                nargs="+", default=list(default), help=help_text)
@@ -141,8 +143,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true",
                    help="recompute a run whose results file exists, and replace that file")
     p.add_argument("--compile", action="store_true",
-                   help="run the model through torch.compile (about a minute to compile; then "
-                        "1.4x (bf16) to 1.7x (fp32) faster forward+backward on a 2-core CPU)")
+                   help="run the model through torch.compile (40 to 90 s to compile on a 2-core "
+                        "CPU; then 1.4x (bf16) to 1.7x (fp32) faster forward+backward for the "
+                        "fixed schedule's constant batch; not with --schedule adaptive, whose "
+                        "shrinking batch recompiles)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars and no INFO logs (warnings, errors and the summary stay)")
     return p.parse_args(argv)
@@ -200,10 +204,15 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
     if args.num_workers < 0:
         raise DataError(f"--num_workers must be >= 0, got {args.num_workers}")
+    args.precision, args.precision_reason = resolve_precision(args.precision, args.device)
     try:
         settings = lst_settings(args)
     except ValueError as err:  # its message starts with the field's name, the flag's name
         raise DataError(f"--{err}") from None
+    if args.compile and settings.schedule == "adaptive":
+        print("warning: --compile with --schedule adaptive compiles the model again for every "
+              "batch size as walks stop: 10 to 30 times slower end to end "
+              "(benchmarks/bench_compile.py)", file=sys.stderr)
     if settings.diversity > 0 and args.restarts < 2:
         raise DataError("--diversity pushes the restarts of a pair apart: it needs --restarts >= 2")
     if args.full_eval and args.rounds < 2 and args.get_final_imgs:
@@ -400,7 +409,8 @@ def examples_command(args: argparse.Namespace, settings: LSTSettings) -> str:
     off = ~np.eye(k, dtype=bool)
     return (f"examples: {k * (k - 1)} pairs, mean source confidence {results['init_confs'].mean():.3f}"
             f" -> {results['final_confs'][off].mean():.3f} at the blind spots, mean SSIM to target "
-            f"{np.nanmean(results['ssim'][off]):.3f}{precision_note(results, settings)}; "
+            f"{np.nanmean(results['ssim'][off]):.3f}{schedule_note(results, settings, off)}"
+            f"{precision_note(results, settings, args.precision_reason)}; "
             f"{store.path('examples_dict')} and {len(figures)} figures in {store.out_dir}/")
 
 
@@ -452,7 +462,8 @@ def full_eval_command(args: argparse.Namespace, settings: LSTSettings) -> str | 
     return (f"full_eval: {results['final_confs'].size} pairs on {rank.world_size} process(es), "
             f"mean final confidence {np.nanmean(results['final_confs']):.3f}, mean L2 "
             f"{np.nanmean(results['l2']):.3f}, mean SSIM {np.nanmean(results['ssim']):.3f}"
-            f"{schedule_note(results, settings)}{precision_note(results, settings)}; wrote "
+            f"{schedule_note(results, settings)}"
+            f"{precision_note(results, settings, args.precision_reason)}; wrote "
             f"{', '.join(map(str, written))}")
 
 
@@ -475,23 +486,25 @@ def example_pool(model, dataset, args: argparse.Namespace, out_dir: Path, rank):
             example_image_digests(out_dir, prefix, args.target_classes))
 
 
-def schedule_note(results: dict, settings: LSTSettings) -> str:
-    """Under the adaptive schedule: the model passes the walks took, against the fixed budget."""
+def schedule_note(results: dict, settings: LSTSettings, pairs: np.ndarray | None = None) -> str:
+    """Under the adaptive schedule: the model passes the walks took, against the fixed budget
+    (over the walked pairs among `pairs`, a mask of results' shape; default all)."""
     if settings.schedule == "fixed":
         return ""
-    kept = results["kept"]
+    kept = results["kept"] if pairs is None else results["kept"] & pairs
     return (f", adaptive schedule: {np.mean(results['passes'][kept]):.0f} passes a pair "
             f"(at most {settings.iters + 1}), distance left "
             f"{np.median(results['distance_left'][kept]):.3f} (median)")
 
 
-def precision_note(results: dict, settings: LSTSettings) -> str:
-    """Under bf16/fp16: how many blind spots break the level set in float32 (said loudly > 1%)."""
+def precision_note(results: dict, settings: LSTSettings, reason: str) -> str:
+    """The arithmetic and why (`lst.precision.resolve_precision`); under bf16/fp16, how many
+    blind spots break the level set in float32 (said loudly > 1%)."""
     if settings.precision == "fp32":
-        return ""
+        return "" if reason == "as asked" else f"; fp32 ({reason})"
     share = results["float32_violations"]
-    note = (f"; {settings.precision}: {share:.1%} of the pairs fall below p0 - pthresh when "
-            "re-evaluated in float32")
+    note = (f"; {settings.precision} ({reason}): {share:.1%} of the pairs fall below p0 - "
+            "pthresh when re-evaluated in float32")
     return note + (" (more than 1%: use --precision fp32 for these numbers)" if share > 0.01 else "")
 
 

@@ -65,17 +65,22 @@ def walk(model, counter: PassCounter, pairs: tuple, iters: int, **settings) -> t
     return result, seconds, walked
 
 
+def cifar_pairs(model: torch.nn.Module, dataset, num_pairs: int) -> tuple:
+    """num_pairs pairs as full_eval chooses them (sources the model classifies correctly with
+    confidence > 0.6, spread over the classes; one target of another class each), seed 0:
+    (sources, labels, targets, target labels), (N,3,32,32) in [0,1] and (N,) int64."""
+    pool = select_sources(model, dataset, num_pairs, seed=0)
+    targets = pool[assign_targets(dataset_labels(dataset)[pool], 1, seed=0)[:, 0]]
+    return (*stack_items(dataset, pool), *stack_items(dataset, targets))
+
+
 def compare(name: str, dataset, num_pairs: int, iters: int, batch: int) -> list:
     model, _ = load_model(name, "cifar10")
     counter = PassCounter(model)
-    pool = select_sources(model, dataset, num_pairs, seed=0)
-    labels = dataset_labels(dataset)[pool]
-    targets = pool[assign_targets(labels, 1, seed=0)[:, 0]]
+    pairs = cifar_pairs(model, dataset, num_pairs)
     rows = {"fixed": [], "to closeness": [], "same budget": [], "defaults": []}
     for start in range(0, num_pairs, batch):
-        part = slice(start, start + batch)
-        x, y = stack_items(dataset, pool[part])
-        t, t_labels = stack_items(dataset, targets[part])
+        x, y, t, t_labels = (part[start:start + batch] for part in pairs)
         fixed = walk(model, counter, (x, y, t, t_labels), iters)
         closeness = fixed[0].distance_left
         rows["fixed"].append(fixed)
@@ -106,7 +111,7 @@ def compare(name: str, dataset, num_pairs: int, iters: int, batch: int) -> list:
             fixed["seconds"] / to["seconds"],
             np.median(same["left"][kept]),
             np.median(plain["left"][kept]), np.median(plain["passes"][kept]),
-            fixed["seconds"] / plain["seconds"]]
+            np.percentile(plain["passes"][kept], 90), fixed["seconds"] / plain["seconds"]]
 
 
 def main() -> None:
@@ -128,7 +133,8 @@ def main() -> None:
         "model", "pairs", "fixed: left", "fixed: passes", "fixed: s",
         "adaptive reached", "passes to it", "s to it", "passes fixed/adaptive",
         "time fixed/adaptive", f"adaptive left after {args.iters}",
-        "defaults: left", "defaults: passes", "defaults: time fixed/adaptive"]))
+        "defaults: left", "defaults: passes", "defaults: passes p90",
+        "defaults: time fixed/adaptive"]))
 
 
 if __name__ == "__main__":

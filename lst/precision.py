@@ -76,6 +76,26 @@ def cpu_has_fast(precision: str) -> bool:
     return not found or any(check() for check in found)  # unknown to this PyTorch: assume fast
 
 
+def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
+    """The precision a run uses on `device`, and why, for "auto": bf16 on a CUDA GPU that
+    supports it (`torch.cuda.is_bf16_supported`) or a CPU with instructions for it
+    (`cpu_has_fast`), float32 elsewhere (an emulated bf16 is several times slower than float32).
+    Any other precision is itself ("as asked")."""
+    if precision != "auto":
+        check_precision(precision)
+        return precision, "as asked"
+    device = torch.device(device)
+    if device.type == "cuda":
+        fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        where = "this GPU"
+    elif device.type == "cpu":
+        fast, where = cpu_has_fast("bf16"), f"this CPU ({torch.backends.cpu.get_cpu_capability()})"
+    else:
+        fast, where = False, f"device type {device.type}"
+    return ("bf16", f"auto: {where} has bf16 instructions") if fast else (
+        "fp32", f"auto: {where} has no bf16 instructions")
+
+
 def warn_if_emulated(precision: str) -> None:
     """One warning per precision and process when the CPU has no instructions for it (looked up
     once per precision, not on every model call)."""

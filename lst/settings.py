@@ -12,8 +12,8 @@ from .precision import PRECISIONS, check_precision
 
 PAPER_ADV_STEP_SIZE = 1 / 255  # eps when the adversarial term is switched on (--adv_pert) alone
 SCHEDULES = ("fixed", "adaptive")
-ADAPTIVE_FIELDS = ("step_grow", "step_shrink", "step_max", "step_min", "stop_distance",
-                   "stall_steps", "stall_tolerance", "corrector")
+ADAPTIVE_FIELDS = ("step_start", "step_grow", "step_shrink", "step_max", "step_min",
+                   "stop_distance", "stall_steps", "stall_tolerance", "corrector", "retry")
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,19 @@ class LSTSettings:
                                                    "and the path-width directions"})
     precision: str = field(default="fp32", metadata={
         "help": "the model's arithmetic: fp32 (the paper's), or bf16/fp16 autocast (faster; "
-                "the blind spots' confidences are re-evaluated in fp32)",
-        "choices": tuple(PRECISIONS)})
+                "the blind spots' confidences are re-evaluated in fp32); on the command line "
+                "also auto: bf16 where the CPU or GPU has instructions for it, else fp32 (the "
+                "run key records the choice)",
+        "choices": (*PRECISIONS, "auto")})
     schedule: str = field(default="fixed", metadata={
         "help": "fixed: every step moves step_size of the way (the paper's); adaptive: a step "
                 "size per sample that grows after accepted steps and shrinks after rejected "
                 "ones; a sample stops near its target, out of step size or stalled "
                 "(docs/design.md, 'The step schedule')",
         "choices": SCHEDULES})
+    step_start: float = field(default=0.25, metadata={
+        "help": "adaptive: the first step size, a fraction of the way to the target (step_size "
+                "is the fixed schedule's eta)"})
     step_grow: float = field(default=1.5, metadata={
         "help": "adaptive: the step size's factor after an accepted step"})
     step_shrink: float = field(default=0.5, metadata={
@@ -69,14 +74,19 @@ class LSTSettings:
     stop_distance: float = field(default=0.01, metadata={
         "help": "adaptive: a sample stops within this fraction of its source-target distance "
                 "from the target"})
-    stall_steps: int = field(default=20, metadata={
+    stall_steps: int = field(default=3, metadata={
         "help": "adaptive: a sample also stops when its distance left has fallen by less than "
-                "stall_tolerance (relative) over its last stall_steps steps (0: never)"})
-    stall_tolerance: float = field(default=0.02, metadata={
+                "stall_tolerance (relative) over its last stall_steps accepted steps (0: never)"})
+    stall_tolerance: float = field(default=0.05, metadata={
         "help": "adaptive: see stall_steps"})
     corrector: bool = field(default=False, metadata={
         "help": "adaptive: each step also moves along the gradient back towards p0 (a Newton "
                 "step with the gradient at hand, no extra pass)"})
+    retry: bool = field(default=True, metadata={
+        "help": "adaptive: a refused step is tried once more, at the same size, its move "
+                "corrected back into the level set with the gradient at the refused proposal "
+                "(a Newton step to p0 - pthresh/2), before the step size shrinks; --no-retry "
+                "turns it off"})
     diversity: float = field(default=0.0, metadata={
         "help": "lambda >= 0: with --restarts, each step also pushes a walk away from the other "
                 "walks of its pair, lambda x |x_s - x_t| along the mean unit vector away from "
@@ -136,9 +146,9 @@ class LSTSettings:
         if self.stall_steps < 0 or not 0 <= self.stall_tolerance < 1:
             raise ValueError(f"need stall_steps >= 0 and stall_tolerance in [0, 1), got "
                              f"{self.stall_steps}, {self.stall_tolerance}")
-        if self.schedule == "adaptive" and self.step_size < self.step_min:
-            raise ValueError(f"the adaptive schedule starts at step_size, which must be >= "
-                             f"step_min, got {self.step_size} < {self.step_min}")
+        if not (math.isfinite(self.step_start) and self.step_min <= self.step_start <= 1):
+            raise ValueError(f"step_start must be in [step_min, 1], got {self.step_start} "
+                             f"(step_min {self.step_min})")
         if not (math.isfinite(self.diversity) and self.diversity >= 0):
             raise ValueError(f"diversity must be >= 0, got {self.diversity}")
         if not all(0 < f < 1 for f in self.matched_fractions):  # NaN fails too

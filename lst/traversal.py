@@ -167,9 +167,9 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
                     break
             for recorder in recorders:
                 recorder.before_step(state, i)
-            accept = lst_step(model, state, schedule, settings,
-                              diversity.push(state) if diversity else None)
-            schedule.update(state, accept)
+            accept, proposal = lst_step(model, state, schedule, settings,
+                                        diversity.push(state) if diversity else None)
+            schedule.update(state, accept, proposal)
             for recorder in recorders:
                 recorder.after_step(state, i, accept)
         for recorder in recorders:  # the walks still going stop here

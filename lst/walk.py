@@ -78,17 +78,28 @@ class WalkState:
         return WalkState(**{f.name: compact(getattr(self, f.name)) for f in fields(self)})
 
 
+@dataclass
+class Proposal:
+    """The step just tried, for every walk of the state (accepted or not): move (B,C,H,W), the
+    schedule's eta d_perp (before the adversarial term); probs (B,K) float32 and grad (B,C,H,W)
+    float32 at the proposal x' (the refused walks' are read by `lst.schedules`' retry)."""
+
+    move: torch.Tensor
+    probs: torch.Tensor
+    grad: torch.Tensor
+
+
 class Schedule(Protocol):
     """How far each step goes and when a walk stops (`lst.schedules`)."""
 
     def start(self, state: WalkState) -> None: ...
     def stopped(self, state: WalkState) -> torch.Tensor | None: ...
     def move(self, state: WalkState, direction: torch.Tensor) -> torch.Tensor: ...
-    def update(self, state: WalkState, accept: torch.Tensor) -> None: ...
+    def update(self, state: WalkState, accept: torch.Tensor, proposal: Proposal) -> None: ...
 
 
 def lst_step(model: nn.Module, state: WalkState, schedule: Schedule, settings: LSTSettings,
-             push: torch.Tensor | None = None) -> torch.Tensor:
+             push: torch.Tensor | None = None) -> tuple[torch.Tensor, Proposal]:
     """One iteration of Algorithm 1 for every walk in `state`, which it updates in place.
 
     d_perp = d - (<g,d>/<g,g>) g, d = x_t - x, g = grad_x CE(f(x), y)   (the projection, eq. 2)
@@ -98,7 +109,8 @@ def lst_step(model: nn.Module, state: WalkState, schedule: Schedule, settings: L
 
     eta d_perp is the schedule's `move` (the paper's fixed eta, or a step size per walk);
     `push` (B,C,H,W), if given, is added to d_perp (the diversity of restarts). The forward and
-    backward at x' give the next gradient of every accepted walk. Returns accept, (B,) bool.
+    backward at x' give the next gradient of every accepted walk. Returns accept, (B,) bool,
+    and the `Proposal` tried (for the schedule's `update`).
     """
     direction = orthogonal_step(state.grad, state.target - state.x)
     if push is not None:
@@ -106,13 +118,14 @@ def lst_step(model: nn.Module, state: WalkState, schedule: Schedule, settings: L
     if settings.adv_step_size is not None:
         eps = settings.adv_step_size
         state.adv = (state.adv + (eps / 2) * state.grad).clamp(-eps, eps)
-    proposal = (state.x + schedule.move(state, direction) - state.adv).clamp(0, 1)
+    move = schedule.move(state, direction)
+    proposal = (state.x + move - state.adv).clamp(0, 1)
     probs, grad = confidence_and_grad(model, proposal, state.label, settings.precision)
     accept = (state.p0 - probs.gather(1, state.label.view(-1, 1)).squeeze(1)) < settings.pthresh
     state.x = torch.where(accept.view(-1, 1, 1, 1), proposal, state.x)
     state.grad = torch.where(accept.view(-1, 1, 1, 1), grad, state.grad)
     state.probs = torch.where(accept.view(-1, 1), probs, state.probs)
-    return accept
+    return accept, Proposal(move, probs, grad)
 
 
 def orthogonal_step(grad: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:

@@ -345,19 +345,20 @@ def test_every_settings_field_reaches_the_settings_from_its_flag():
     changed = LSTSettings(step_size=0.5, iters=7, pthresh=0.3, adv_step_size=0.01, init_noise=0.1,
                           log_step=2, get_confs_over_path=True, get_images=True, get_widths=True,
                           width_distances=(0.5, 3.0), width_directions=9, seed=4,
-                          precision="bf16", schedule="adaptive", step_grow=2.0, step_shrink=0.25,
-                          step_max=0.8, step_min=0.005, stop_distance=0.05, stall_steps=7,
-                          stall_tolerance=0.1, corrector=True, diversity=0.2,
+                          precision="bf16", schedule="adaptive", step_start=0.3, step_grow=2.0,
+                          step_shrink=0.25, step_max=0.8, step_min=0.005, stop_distance=0.05,
+                          stall_steps=7, stall_tolerance=0.1, corrector=True, retry=False,
+                          diversity=0.2,
                           matched_fractions=(0.5, 0.9), layers=("features.3",))
     assert all(getattr(changed, f.name) != getattr(LSTSettings(), f.name) for f in fields(LSTSettings))
     argv = ["smallcnn-normal", "shapes", "--examples", "--step_size", "0.5", "--iters", "7",
             "--pthresh", "0.3", "--adv_pert", "--adv_step_size", "0.01", "--init_noise", "0.1",
             "--log_step", "2", "--get_confs_over_path", "--get_images", "--get_widths",
             "--width_distances", "0.5", "3", "--width_directions", "9", "--seed", "4",
-            "--precision", "bf16", "--schedule", "adaptive", "--step_grow", "2",
+            "--precision", "bf16", "--schedule", "adaptive", "--step_start", "0.3", "--step_grow", "2",
             "--step_shrink", "0.25", "--step_max", "0.8", "--step_min", "0.005",
             "--stop_distance", "0.05", "--stall_steps", "7", "--stall_tolerance", "0.1",
-            "--corrector", "--diversity", "0.2", "--matched_fractions", "0.9", "0.5",
+            "--corrector", "--no-retry", "--diversity", "0.2", "--matched_fractions", "0.9", "0.5",
             "--get_layers", "--layers", "features.3"]
     assert cli.lst_settings(cli.parse_args(argv)) == changed
 
@@ -523,3 +524,16 @@ def test_zero_iterations_is_the_noisy_source(tmp_path):
     gap = np.abs(r["blind_spots"] - sources)[off].max()
     assert 0 < gap <= 2 / 255 + 1e-6  # the noise of width 4/255, nothing else
     assert not list(tmp_path.glob("*_path.png"))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_precision_auto_records_its_choice_in_the_run_key(monkeypatch, fast):
+    """--precision auto is the run of the precision it picks: same key, same results file."""
+    import lst.precision
+
+    monkeypatch.setattr(lst.precision, "cpu_has_fast", lambda name: fast)
+    argv = ["smallcnn-normal", "shapes", "--examples", "--precision"]
+    chosen = "bf16" if fast else "fp32"
+    assert stem_for(argv + ["auto"]) == stem_for(argv + [chosen])
+    args = cli.parse_args(argv + ["auto"])
+    assert cli.check_args(args).precision == chosen and args.precision_reason.startswith("auto")

@@ -178,3 +178,18 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns_once(monkeypatch, caplog,
     warnings = [r for r in caplog.records if "no hardware support" in r.getMessage()]
     assert len(warnings) == (0 if fast else 1)
     assert precision.cpu_has_fast("bf16") == fast and precision.cpu_has_fast("fp32")
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_instructions(monkeypatch):
+    import lst.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast", lambda name: True)
+    chosen, why = precision.resolve_precision("auto", "cpu")
+    assert chosen == "bf16" and "has bf16 instructions" in why
+    monkeypatch.setattr(precision, "cpu_has_fast", lambda name: False)
+    chosen, why = precision.resolve_precision("auto", torch.device("cpu"))
+    assert chosen == "fp32" and "no bf16 instructions" in why
+    assert precision.resolve_precision("auto", "meta")[0] == "fp32"
+    assert precision.resolve_precision("bf16", "cpu") == ("bf16", "as asked")
+    with pytest.raises(ValueError, match="precision"):
+        precision.resolve_precision("fp8", "cpu")

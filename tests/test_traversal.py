@@ -307,14 +307,14 @@ def test_the_fixed_schedule_is_bit_for_bit_the_engine_of_before(cnn, images):
     assert lst.LSTSettings(schedule="adaptive").as_dict()["schedule"] == "adaptive"
 
 
-@pytest.mark.parametrize("corrector", [False, True])
-def test_the_adaptive_schedule_keeps_every_pair_in_the_level_set(cnn, images, corrector):
+@pytest.mark.parametrize("corrector,retry", [(False, False), (True, False), (True, True)])
+def test_the_adaptive_schedule_keeps_every_pair_in_the_level_set(cnn, images, corrector, retry):
     sources, targets = images
     labels = correctly_classified(cnn, sources)
     pthresh = 0.01
     res = lst.level_set_traversal(cnn, sources, labels, targets, iters=60, pthresh=pthresh,
                                   adv_step_size=1 / 255, schedule="adaptive", step_size=0.2,
-                                  corrector=corrector)
+                                  step_start=0.2, corrector=corrector, retry=retry)
     assert (res.accept_rate < 1).any()  # the test means something only if steps were refused
     recomputed = lst.class_confidence_of(cnn, res.final_images, labels)
     torch.testing.assert_close(res.final_confs, recomputed, atol=1e-5, rtol=0)
@@ -348,8 +348,8 @@ def test_stopped_samples_leave_the_batch():
     labels = torch.zeros(6, dtype=torch.int64)
     batches = []
     model.register_forward_hook(lambda m, inputs, out: batches.append(len(inputs[0])))
-    settings = dict(iters=100, init_noise=0.0, pthresh=1e-9, step_size=0.01, step_min=1e-3,
-                    step_shrink=0.5)
+    settings = dict(iters=100, init_noise=0.0, pthresh=1e-9, step_start=0.01, step_min=1e-3,
+                    step_shrink=0.5, retry=False, corrector=False)
     res = lst.level_set_traversal(model, sources, labels, targets, schedule="adaptive", **settings)
     assert res.kept.all()
     # 0.01 halves below 1e-3 after 4 refused steps: 1 + 4 passes; the others only the first
@@ -393,7 +393,7 @@ def test_on_a_known_level_set_adaptive_needs_far_fewer_passes():
 @pytest.mark.parametrize("bad", [dict(schedule="fast"), dict(step_grow=0.5),
                                  dict(step_shrink=1.0), dict(step_max=2.0),
                                  dict(step_min=0.6, step_max=0.5), dict(stop_distance=1.0),
-                                 dict(schedule="adaptive", step_size=1e-4)])
+                                 dict(schedule="adaptive", step_start=1e-4)])
 def test_schedule_settings_refuse_values_that_mean_nothing(bad):
     with pytest.raises(ValueError):
         lst.LSTSettings(**bad)

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import lst
-from lst.schedules import AdaptiveSchedule, FixedSchedule
-from lst.walk import confidence_and_grad, lst_step, start_walks
+from lst.schedules import AdaptiveSchedule, FixedSchedule, newton_correction
+from lst.walk import Proposal, confidence_and_grad, lst_step, start_walks
 from tests.conftest import ROUNDING_MARGIN, small_cnn
 
 
@@ -48,7 +48,7 @@ def test_one_step_is_algorithm_1():
     settings = lst.LSTSettings(step_size=0.5, pthresh=0.002, adv_step_size=2e-3)
     state = state_of(model, x, t, settings)
     x0, g0, y, p0 = state.x.clone(), state.grad.clone(), state.label, state.p0
-    accept = lst_step(model, state, FixedSchedule(settings), settings)
+    accept, _ = lst_step(model, state, FixedSchedule(settings), settings)
 
     gg = (g0 * g0).flatten(1).sum(1).view(-1, 1, 1, 1)
     d = t - x0
@@ -67,23 +67,96 @@ def test_one_step_is_algorithm_1():
     torch.testing.assert_close(state.grad[accept], grad_at_proposal[accept], atol=1e-6, rtol=1e-4)
 
 
+def tried(state, move=None):
+    """A `Proposal` for the schedule's update: `move` (default zeros) with the model's output at
+    the current iterates."""
+    return Proposal(torch.zeros_like(state.x) if move is None else move, state.probs, state.grad)
+
+
 def test_the_adaptive_schedule_grows_shrinks_and_stops():
     model = small_cnn(gain=30.0)
     g = torch.Generator().manual_seed(2)
     x, t = torch.rand(4, 3, 16, 16, generator=g), torch.rand(4, 3, 16, 16, generator=g)
-    settings = lst.LSTSettings(schedule="adaptive", step_size=0.2, step_max=0.5, step_min=0.05,
-                               stop_distance=0.3, stall_steps=0)
+    settings = lst.LSTSettings(schedule="adaptive", step_start=0.2, step_max=0.5, step_min=0.05,
+                               stop_distance=0.3, stall_steps=0, retry=False)
     schedule = AdaptiveSchedule(settings)
     state = state_of(model, x, t, settings)
     schedule.start(state)
     assert torch.equal(state.extra["step"], torch.full((4,), 0.2))
-    schedule.update(state, torch.tensor([True, False, True, False]))
+    schedule.update(state, torch.tensor([True, False, True, False]), tried(state))
     torch.testing.assert_close(state.extra["step"], torch.tensor([0.3, 0.1, 0.3, 0.1]))
-    schedule.update(state, torch.tensor([True, False, False, True]))
+    schedule.update(state, torch.tensor([True, False, False, True]), tried(state))
     torch.testing.assert_close(state.extra["step"], torch.tensor([0.45, 0.05, 0.15, 0.15]))
-    schedule.update(state, torch.tensor([True, False, False, False]))
+    schedule.update(state, torch.tensor([True, False, False, False]), tried(state))
     torch.testing.assert_close(state.extra["step"], torch.tensor([0.5, 0.025, 0.075, 0.075]))
     stop = schedule.stopped(state)  # out of step size; and near the target
     assert stop.tolist() == [False, True, False, False]
     state.x = state.target * 0.9 + state.x * 0.1
     assert schedule.stopped(state).all()
+
+
+def test_the_adaptive_schedule_starts_at_step_start_not_at_the_fixed_eta():
+    """The paper's commands pass --step_size 1e-2 (the fixed schedule's eta); an adaptive walk
+    that started there spent about ten passes growing to a useful step."""
+    model = small_cnn(gain=30.0)
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    settings = lst.LSTSettings(schedule="adaptive", step_size=1e-2, step_start=0.3)
+    schedule = AdaptiveSchedule(settings)
+    state = state_of(model, x, x.flip(0), settings)
+    schedule.start(state)
+    assert torch.equal(state.extra["step"], torch.full((3,), 0.3))
+    assert lst.LSTSettings().step_start == 0.25
+    with pytest.raises(ValueError, match="step_start"):
+        lst.LSTSettings(step_start=1e-4)  # below step_min: the walk would stop at once
+
+
+def test_a_run_of_refused_steps_is_not_a_stall():
+    """The stall stop compares the distance left over the last stall_steps *accepted* steps: a
+    walk whose steps are refused (its step size shrinking) has not stalled."""
+    model = small_cnn(gain=30.0)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    settings = lst.LSTSettings(schedule="adaptive", stall_steps=2, stall_tolerance=0.05,
+                               retry=False, step_min=1e-6)
+    schedule = AdaptiveSchedule(settings)
+    state = state_of(model, x, x.flip(0), settings)
+    schedule.start(state)
+    refused = torch.tensor([False, False])
+    schedule.update(state, torch.tensor([True, True]), tried(state))
+    for _ in range(6):  # the iterate does not move: no progress at all
+        assert not schedule.stopped(state).any()
+        schedule.update(state, refused, tried(state))
+    schedule.update(state, torch.tensor([True, False]), tried(state))
+    assert not schedule.stopped(state).any()
+    schedule.update(state, torch.tensor([True, False]), tried(state))
+    assert schedule.stopped(state).tolist() == [True, False]  # 2 accepted steps, no progress
+
+
+def test_a_refused_step_is_retried_once_corrected_before_the_step_shrinks():
+    """Retry: after a first refusal the next move is the refused move plus a Newton step, with
+    the gradient at the refused proposal, to p0 - pthresh/2; the step size is kept. A refused
+    retry shrinks the step as before; an accepted one grows it."""
+    model = small_cnn(gain=30.0)
+    g = torch.Generator().manual_seed(6)
+    x, t = torch.rand(3, 3, 16, 16, generator=g), torch.rand(3, 3, 16, 16, generator=g)
+    settings = lst.LSTSettings(schedule="adaptive", step_start=0.2, corrector=False, retry=True,
+                               pthresh=0.1)
+    schedule = AdaptiveSchedule(settings)
+    state = state_of(model, x, t, settings)
+    schedule.start(state)
+    direction = t - state.x
+    torch.testing.assert_close(schedule.move(state, direction), 0.2 * direction)
+    unit = state.grad / state.grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    move = 0.5 * unit  # up the loss: a move the level set refuses
+    probs, grad = confidence_and_grad(model, (state.x + move).clamp(0, 1), state.label)
+    conf = probs.gather(1, state.label.view(-1, 1)).squeeze(1)
+    assert (conf < state.p0 - 0.05).all()
+    schedule.update(state, torch.tensor([False, False, True]), Proposal(move, probs, grad))
+    torch.testing.assert_close(state.extra["step"], torch.tensor([0.2, 0.2, 0.3]))
+    corrected = move + newton_correction(grad, conf, state.p0 - 0.05, move)
+    assert (corrected - move)[:2].abs().sum() > 0  # the correction is not nothing
+    retried = schedule.move(state, direction)
+    torch.testing.assert_close(retried[:2], corrected[:2])
+    torch.testing.assert_close(retried[2], 0.3 * direction[2])
+    schedule.update(state, torch.tensor([False, True, False]), Proposal(retried, probs, grad))
+    torch.testing.assert_close(state.extra["step"], torch.tensor([0.1, 0.3, 0.3]))
+    assert state.extra["retrying"].tolist() == [False, False, True]
