@@ -3,7 +3,8 @@
 A schedule has four methods, called by `lst.traversal.level_set_traversal` at fixed points:
 `start(state)` once, `stopped(state)` before each step ((B,) bool of walks to stop, or None),
 `move(state, d_perp)` inside the step (eta d_perp of Algorithm 1) and `update(state, accept,
-proposal)` after it (`lst.walk.Proposal`: the move tried, and the model's output there). What it keeps per walk lives in `state.extra`, so `WalkState.keep` compacts it.
+proposal)` after it (`lst.walk.Proposal`: the move tried, and the model's output there). What
+it keeps per walk lives in `state.extra`, so `WalkState.keep` compacts it.
 docs/design.md, "The step schedule".
 """
 from __future__ import annotations
