@@ -7,6 +7,7 @@
     python print_tables.py plots_and_figures/ --plot delta.png # the delta curve of full_evals
                                                  # (and delta_matched.png: chords kept against f)
     python print_tables.py plots_and_figures/ --html           # also plots_and_figures/report.html
+                                                 # and an explorer page per run with its path
 
 Which files give which table: `lst.tables.TABLES` (also at the end of --help). Cells are mean ±
 std, or with --ci the mean and its 95% bootstrap interval over sources (2,000 resamples of
@@ -28,6 +29,7 @@ import math
 import sys
 from pathlib import Path
 
+from lst.explorer import write_explorers
 from lst.hull import DELTA_CURVE
 from lst.plots import plot_delta_curves, plot_layer_curves, plot_matched_curves
 from lst.report import write_report
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                         "recomputed from each run's _all_confs.pkl")
     p.add_argument("--html", action="store_true",
                    help="also write FOLDER/report.html (one folder argument): every run with its "
-                        "arguments, tables and figures")
+                        "arguments, tables and figures, and FOLDER/explore_*.html: walk the "
+                        "recorded paths of examples runs with --get_images and full_evals with "
+                        "--get_final_imgs (runs of several models on the same pairs side by side)")
     args = p.parse_args(argv)
     if args.html and (len(args.files) != 1 or not Path(args.files[0]).is_dir()):
         print("error: --html takes one folder: print_tables.py OUT_DIR --html", file=sys.stderr)
@@ -123,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
                 layers_path = plot.with_name(f"{plot.stem}_layers{plot.suffix}")
                 print(f"wrote {plot_layer_curves(layered, layers_path)}")
         if args.html:
-            print(f"wrote {write_report(args.files[0], runs)}")
+            pages, note = write_explorers(args.files[0], runs)
+            for page in pages:
+                print(f"wrote {page}")
+            if note:
+                print(note)
+            print(f"wrote {write_report(args.files[0], runs, pages, note)}")
     except ResultsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -507,10 +507,12 @@ def _full_eval_results(model: nn.Module, dataset: Dataset, pairs: FullEvalPairs,
     "final", dicts of (N,) arrays). With restarts K > 1 (walks per pair, `traverse_in_batches`):
     restart_{field} (N,R,K), restart_spread (N,R) and restart_chord_confs (N,R,M',21)
     (`lst.restarts.restart_geometry`) and, with get_final_imgs, restart_final_images
-    (N,R,K,C,H,W) uint8. seconds: the time of this call's parts (traversal, restarts,
-    transfer, triangles, limbs_chords, matched). all_confs (with get_final_imgs, else
-    None): hull_pairs (M,2) round pairs, hull_confs (N,M,66), limb_confs (N,R,21) and
-    chord_confs (N,M,21), float32.
+    (N,R,K,C,H,W) uint8; with get_final_imgs source_images (N,C,H,W) uint8 (the targets are
+    sources too: target r of source n is row `pairs.targets[n, r]`). seconds: the time of this
+    call's parts (traversal, restarts, transfer, triangles, limbs_chords, matched). all_confs
+    (with get_final_imgs, else None): hull_pairs (M,2) round pairs, hull_confs (N,M,66),
+    limb_confs (N,R,21), chord_confs (N,M,21) and straight_confs (N,R,21), source to target,
+    float32.
     """
     pool, targets, rounds, n = pairs.pool, pairs.targets, pairs.rounds, len(pairs.pool)
     labels = dataset_labels(dataset)[pool]
@@ -528,8 +530,9 @@ def _full_eval_results(model: nn.Module, dataset: Dataset, pairs: FullEvalPairs,
     all_confs = None
     if get_final_imgs:
         results["final_images"] = blind = blind.reshape(n, rounds, *blind.shape[1:])
-        results["hull_stats"], results["segment_stats"], all_confs = _full_eval_hulls(
-            model, dataset, pool, blind, hull_chunk, settings.precision, seconds)
+        (results["hull_stats"], results["segment_stats"], all_confs,
+         results["source_images"]) = _full_eval_hulls(model, dataset, pool, targets, blind,
+                                                      hull_chunk, settings.precision, seconds)
         if settings.matched_fractions:
             results["matched_stats"] = _matched_stats(
                 model, dataset, pool, results["matched_images"], results["matched_iters"],
@@ -579,22 +582,26 @@ def _merge_parts(parts: Iterable[dict], n_pairs: int) -> dict:
     return merged
 
 
-def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind: np.ndarray,
-                     hull_chunk: int, precision: str, seconds: dict
-                     ) -> tuple[dict, dict, dict]:
+def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, targets: np.ndarray,
+                     blind: np.ndarray, hull_chunk: int, precision: str, seconds: dict
+                     ) -> tuple[dict, dict, dict, np.ndarray]:
     """Tables 2 and 2b: each source with every pair of its blind spots, and the straight limbs
     and chords between them, one source at a time (blind: (N,R,C,H,W) uint8, the 8-bit blind
-    spots the results hold, so the tables describe the saved images). Adds the time of the
-    triangles and of the limbs and chords to `seconds`."""
+    spots the results hold, so the tables describe the saved images; targets: (N,R) positions
+    in `pool`). Also the straight lines from each source to its targets, and the sources 8-bit
+    (N,C,H,W), for the explorer. Adds the time of the triangles and of the limbs, chords and
+    lines to `seconds`."""
     n, rounds = blind.shape[:2]
     hull_pairs = list(combinations(range(rounds), 2))
     confs = torch.empty(n, len(hull_pairs), len(triangle_grid()))
-    limbs = torch.empty(n, rounds, SEGMENT_POINTS)
+    limbs, lines = torch.empty(n, rounds, SEGMENT_POINTS), torch.empty(n, rounds, SEGMENT_POINTS)
     chords = torch.empty(n, len(hull_pairs), SEGMENT_POINTS)
+    sources = np.empty((n, *blind.shape[2:]), dtype=np.uint8)
     seconds.update(triangles=0.0, limbs_chords=0.0)
-    with progress_bar(range(n), desc="hulls", leave=False) as sources:
-        for i in sources:
+    with progress_bar(range(n), desc="hulls", leave=False) as bar:
+        for i in bar:
             image, label = dataset[int(pool[i])]
+            sources[i] = to_uint8(image.numpy())
             spots = torch.from_numpy(np.asarray(blind[i])).float() / 255
             clock = time.time()
             confs[i] = source_hull_confidences(model, image, label, spots, hull_pairs,
@@ -603,10 +610,15 @@ def _full_eval_hulls(model: nn.Module, dataset: Dataset, pool: np.ndarray, blind
             clock = time.time()
             limbs[i], chords[i] = limbs_and_chords(model, image, label, spots, hull_pairs,
                                                    confs[i], hull_chunk, precision)
+            ends, _ = stack_items(dataset, pool[targets[i]])
+            lines[i] = segment_confidences(model, image.expand_as(ends), ends,
+                                           torch.full((rounds,), int(label)),
+                                           chunk_size=hull_chunk, precision=precision)
             seconds["limbs_chords"] += time.time() - clock
     return table2_stats(confs), segment_stats(limbs.numpy(), chords.numpy()), {
         "hull_pairs": np.array(hull_pairs), "hull_confs": confs.numpy(),
-        "limb_confs": limbs.numpy(), "chord_confs": chords.numpy()}
+        "limb_confs": limbs.numpy(), "chord_confs": chords.numpy(),
+        "straight_confs": lines.numpy()}, sources
 
 
 def _matched_stats(model: nn.Module, dataset: Dataset, pool: np.ndarray, matched: np.ndarray,

@@ -60,14 +60,23 @@ def _figure(path: Path, folder: Path, small: bool = False) -> str:
             f"<figcaption>{html.escape(path.name)}</figcaption></figure>")
 
 
-def write_report(folder: str | Path, runs: list[Run]) -> Path:
+def write_report(folder: str | Path, runs: list[Run], explorers: list[Path] = (),
+                 explorer_note: str | None = None) -> Path:
     """Write {folder}/report.html with every examples and full_eval run of `runs` (their files
-    in `folder`); returns its path."""
+    in `folder`), linking the explorer pages `explorers` (`lst.explorer.write_explorers`, in
+    `folder`) or showing `explorer_note`; returns its path."""
     folder = Path(folder)
     shown = [r for r in runs if r.kind in ("full_eval", "examples")]
     parts = [f"<h1>Level Set Traversal runs in {html.escape(str(folder))}</h1>",
              f'<p class="muted">{len(shown)} run(s); written '
              f"{time.strftime('%Y-%m-%d %H:%M')} by print_tables.py --html</p>"]
+    if explorers:
+        links = ", ".join(f'<a href="{html.escape(p.name, quote=True)}">{html.escape(p.name)}</a>'
+                          for p in explorers)
+        parts.append(f"<p>Walk the recorded paths, the straight lines and the triangles: {links}"
+                     "</p>")
+    elif explorer_note:
+        parts.append(f'<p class="muted">{html.escape(explorer_note)}</p>')
     if shown:
         parts += ["<h2>All runs</h2>", _tables_html(shown)]
     for label, run in zip(labels(shown), shown):

@@ -82,10 +82,10 @@ class RunStore:
 
     def write(self, kind: str, args: dict, results: dict) -> Path:
         """Write the final results file of `kind` atomically; returns its path. A full_eval's
-        images (final_images, matched_images, restart_final_images) go to their own files,
+        images (final_images, matched_images, restart_final_images, source_images) go to their own files,
         {stem}_fulleval_dict_{key}.npy, written first (`lst.results.save_results`), so that
         reading the results pickle never reads them."""
-        separate = (("final_images", "matched_images", "restart_final_images")
+        separate = (("final_images", "matched_images", "restart_final_images", "source_images")
                     if kind == "fulleval_dict" else ())
         return save_results(self.path(kind), args, results, separate=separate)
 
