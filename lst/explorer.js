@@ -16,7 +16,11 @@ function el(tag, attrs = {}, parent = null, text = null) {
   if (parent) parent.appendChild(e);
   return e;
 }
-const fmt = (v, d = 3) => (v === null || v === undefined ? "n/a" : v.toFixed(d));
+function fmt(v, d = 3) {  // v to d decimals; "n/a" where not recorded; never "-0.000"
+  if (v === null || v === undefined) return "n/a";
+  const rounded = +v.toFixed(d);
+  return (rounded === 0 ? 0 : rounded).toFixed(d);
+}
 const hexRgb = h => [1, 3, 5].map(i => parseInt(h.slice(i, i + 2), 16));
 
 function color(v) {  // the page's colour map (matplotlib's viridis, 11 stops), v in [0, 1]
@@ -293,6 +297,7 @@ function renderTriangle() {
     const confs = a === b || b === undefined || m < 0 || !both ? null : run.triangles[s][m];
     const layers = document.getElementById(`triblend-${r}`).children;
     if (!confs) {
+      for (const layer of layers) layer.removeAttribute("src");
       read.textContent = a === b || b === undefined ? "pick two different blind spots" :
         "not evaluated: a blind spot is missing, or the run has no _all_confs.pkl here";
       return;
