@@ -90,9 +90,8 @@ class AdaptiveSchedule:
         shrink = ~accept
         if s.retry:
             retry = ~accept & ~state.extra["retrying"]  # a first refusal: try again, corrected
-            conf = proposal.probs.gather(1, state.label.view(-1, 1)).squeeze(1)
             corrected = proposal.move + newton_correction(
-                proposal.grad, conf, state.p0 - s.pthresh / 2, proposal.move)
+                proposal.grad, proposal.conf, state.p0 - s.pthresh / 2, proposal.move)
             state.extra["retry_move"] = torch.where(retry.view(-1, 1, 1, 1), corrected,
                                                     state.extra["retry_move"])
             state.extra["retrying"], shrink = retry, shrink & ~retry

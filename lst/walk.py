@@ -81,11 +81,12 @@ class WalkState:
 @dataclass
 class Proposal:
     """The step just tried, for every walk of the state (accepted or not): move (B,C,H,W), the
-    schedule's eta d_perp (before the adversarial term); probs (B,K) float32 and grad (B,C,H,W)
-    float32 at the proposal x' (the refused walks' are read by `lst.schedules`' retry)."""
+    schedule's eta d_perp (before the adversarial term); conf (B,) float32, the source-class
+    confidence, and grad (B,C,H,W) float32 at the proposal x' (the refused walks' are read by
+    `lst.schedules`' retry)."""
 
     move: torch.Tensor
-    probs: torch.Tensor
+    conf: torch.Tensor
     grad: torch.Tensor
 
 
@@ -121,11 +122,12 @@ def lst_step(model: nn.Module, state: WalkState, schedule: Schedule, settings: L
     move = schedule.move(state, direction)
     proposal = (state.x + move - state.adv).clamp(0, 1)
     probs, grad = confidence_and_grad(model, proposal, state.label, settings.precision)
-    accept = (state.p0 - probs.gather(1, state.label.view(-1, 1)).squeeze(1)) < settings.pthresh
+    conf = probs.gather(1, state.label.view(-1, 1)).squeeze(1)
+    accept = (state.p0 - conf) < settings.pthresh
     state.x = torch.where(accept.view(-1, 1, 1, 1), proposal, state.x)
     state.grad = torch.where(accept.view(-1, 1, 1, 1), grad, state.grad)
     state.probs = torch.where(accept.view(-1, 1), probs, state.probs)
-    return accept, Proposal(move, probs, grad)
+    return accept, Proposal(move, conf, grad)
 
 
 def orthogonal_step(grad: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ def test_one_step_is_algorithm_1():
 def tried(state, move=None):
     """A `Proposal` for the schedule's update: `move` (default zeros) with the model's output at
     the current iterates."""
-    return Proposal(torch.zeros_like(state.x) if move is None else move, state.probs, state.grad)
+    return Proposal(torch.zeros_like(state.x) if move is None else move, state.conf, state.grad)
 
 
 def test_the_adaptive_schedule_grows_shrinks_and_stops():
@@ -150,13 +150,13 @@ def test_a_refused_step_is_retried_once_corrected_before_the_step_shrinks():
     probs, grad = confidence_and_grad(model, (state.x + move).clamp(0, 1), state.label)
     conf = probs.gather(1, state.label.view(-1, 1)).squeeze(1)
     assert (conf < state.p0 - 0.05).all()
-    schedule.update(state, torch.tensor([False, False, True]), Proposal(move, probs, grad))
+    schedule.update(state, torch.tensor([False, False, True]), Proposal(move, conf, grad))
     torch.testing.assert_close(state.extra["step"], torch.tensor([0.2, 0.2, 0.3]))
     corrected = move + newton_correction(grad, conf, state.p0 - 0.05, move)
     assert (corrected - move)[:2].abs().sum() > 0  # the correction is not nothing
     retried = schedule.move(state, direction)
     torch.testing.assert_close(retried[:2], corrected[:2])
     torch.testing.assert_close(retried[2], 0.3 * direction[2])
-    schedule.update(state, torch.tensor([False, True, False]), Proposal(retried, probs, grad))
+    schedule.update(state, torch.tensor([False, True, False]), Proposal(retried, conf, grad))
     torch.testing.assert_close(state.extra["step"], torch.tensor([0.1, 0.3, 0.3]))
     assert state.extra["retrying"].tolist() == [False, False, True]
