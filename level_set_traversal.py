@@ -26,7 +26,7 @@ import torch
 from lst.data import (DataError, check_root, dataset_info, dataset_label, examples_prefix,
                       folder_image_size, load_dataset)
 from lst.metrics import alexnet_weights_path
-from lst.precision import resolve_precision
+from lst.precision import AS_ASKED, resolve_precision
 from lst.progress import set_quiet
 from lst.results import ResultsError, WriteError
 from lst.identity import file_digest, loaded_key, run_key
@@ -501,7 +501,7 @@ def precision_note(results: dict, settings: LSTSettings, reason: str) -> str:
     """The arithmetic and why (`lst.precision.resolve_precision`); under bf16/fp16, how many
     blind spots break the level set in float32 (said loudly > 1%)."""
     if settings.precision == "fp32":
-        return "" if reason == "as asked" else f"; fp32 ({reason})"
+        return "" if reason == AS_ASKED else f"; fp32 ({reason})"
     share = results["float32_violations"]
     note = (f"; {settings.precision} ({reason}): {share:.1%} of the pairs fall below p0 - "
             "pthresh when re-evaluated in float32")

@@ -76,14 +76,17 @@ def cpu_has_fast(precision: str) -> bool:
     return not found or any(check() for check in found)  # unknown to this PyTorch: assume fast
 
 
+AS_ASKED = "as asked"  # resolve_precision's reason for a precision named explicitly
+
+
 def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
     """The precision a run uses on `device`, and why, for "auto": bf16 on a CUDA GPU that
     supports it (`torch.cuda.is_bf16_supported`) or a CPU with instructions for it
     (`cpu_has_fast`), float32 elsewhere (an emulated bf16 is several times slower than float32).
-    Any other precision is itself ("as asked")."""
+    Any other precision is itself (reason AS_ASKED)."""
     if precision != "auto":
         check_precision(precision)
-        return precision, "as asked"
+        return precision, AS_ASKED
     device = torch.device(device)
     if device.type == "cuda":
         fast = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
