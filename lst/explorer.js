@@ -167,7 +167,6 @@ function renderRun(run, r, it) {
   pair.iters.forEach((i, j) => { if (i <= it) k = j; });
   const iter = pair.iters[k], last = pair.iters.length - 1;
   frame.style.backgroundPosition = `${-k * W}px 0px`;
-  frame.dataset.frame = k;
   const conf = pair.confs ? pair.confs[k] : [null, null];
   const left = pair.distance ? pair.distance[k] : null;
   const stopped = it > iter && k === last ? ` (its last recorded iterate: the walk stopped)` : "";

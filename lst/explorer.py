@@ -50,7 +50,7 @@ JPEG_QUALITY = 90
 HERE = Path(__file__).resolve().parent
 
 
-def has_path(run: Run) -> bool:
+def explorable(run: Run) -> bool:
     """Whether the explorer can show a run: an examples run that recorded the images along its
     paths (--get_images), or a full_eval run with its blind spots and sources (--get_final_imgs)."""
     res = run.results
@@ -60,11 +60,11 @@ def has_path(run: Run) -> bool:
 
 
 def explorer_groups(runs: list[Run]) -> list[list[Run]]:
-    """The runs the explorer can show (`has_path`), grouped by their pairs: the same kind,
+    """The runs the explorer can show (`explorable`), grouped by their pairs: the same kind,
     dataset and images (examples: classes and example images; full_eval: sources and targets).
     Groups and runs keep the order of `runs`."""
     groups: dict[tuple, list[Run]] = {}
-    for run in filter(has_path, runs):
+    for run in filter(explorable, runs):
         res = run.results
         if run.kind == "examples":
             images, pairs = np.asarray(res["images"]), np.asarray(res["classes"])
@@ -157,6 +157,8 @@ def run_data(run: Run, label: str, rows: int, companion: Run | None = None) -> d
     along the straight line (None where not evaluated). triangles[row][m]: the 66
     confidences of hull_pairs[m] (None where not evaluated)."""
     res = run.results
+    p0 = np.asarray(res["init_confs"])  # examples (K,); full_eval (N,R), the same in each round
+    p0 = p0 if p0.ndim == 1 else p0[:, 0]
     if run.kind == "examples":
         spots, straight = res["blind_spots"], res["straight"]
         hull_pairs, hull = res["hull_pairs"], res["hull_confs"]
@@ -177,12 +179,11 @@ def run_data(run: Run, label: str, rows: int, companion: Run | None = None) -> d
                        "straight": None if straight is None else _floats(straight[s, t])}
     return {"label": label, "model": str(run.args.get("model")), "file": run.path.name,
             "recorded": res.get("images_over_path") is not None,
-            "init_confs": [_float(np.asarray(res["init_confs"]).reshape(len(res["kept"]), -1)[s, 0])
-                           for s in range(rows)],
+            "init_confs": _floats(p0[:rows]),
             "pthresh": _float(run.args.get("run_key", {}).get("settings", {}).get("pthresh")),
             "pairs": pairs, "hull_pairs": np.asarray(hull_pairs).tolist(),
-            "triangles": [[None if hull is None or np.isnan(h).all() else _floats(h)
-                           for h in hull[s]] if hull is not None else [] for s in range(rows)]}
+            "triangles": [[None if np.isnan(h).all() else _floats(h) for h in hull[s]]
+                          if hull is not None else [] for s in range(rows)]}
 
 
 def _walk(res: dict, s: int, t: int) -> dict:
