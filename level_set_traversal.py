@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lst.data import (DataError, check_root, dataset_info, dataset_label, examples_prefix,
-                      folder_image_size, load_dataset)
+from lst.data import (DATASETS, DataError, check_root, dataset_info, dataset_label,
+                      examples_prefix, folder_image_size, load_dataset)
 from lst.metrics import alexnet_weights_path
 from lst.precision import AS_ASKED, resolve_precision
 from lst.progress import set_quiet
@@ -32,6 +32,7 @@ from lst.results import ResultsError, WriteError
 from lst.identity import file_digest, loaded_key, run_key
 from lst.runstore import RunStore
 from lst.sampling import MIN_CONFIDENCE, PROTOCOLS, random_classes
+from lst.settings import PRESETS
 from lst.traversal import LSTSettings
 
 
@@ -60,7 +61,8 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(f"--{f.name}", type=f.metadata.get("item_type") or type(default[0]),
                                nargs="+", default=list(default), help=help_text)
         else:
-            group.add_argument(f"--{f.name}", type=type(default), default=default, help=help_text,
+            group.add_argument(f"--{f.name}", type=f.metadata.get("type") or type(default),
+                               default=default, help=help_text,
                                choices=f.metadata.get("choices"))
 
 
@@ -83,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--examples", action="store_true", help="all pairs of one image per class")
     mode.add_argument("--full_eval", action="store_true", help="many sources, Tables 1 and 2")
+    p.add_argument("--preset", choices=PRESETS, default=None,
+                   help="defaults for the LST settings: paper (the paper's hyperparameters: "
+                        "--step_size 1e-2 --iters 400 --pthresh 0.2 --adv_pert --adv_step_size "
+                        "2e-3) or fast (the same with --schedule adaptive --precision auto); "
+                        "flags given explicitly win. photos defaults to --preset fast "
+                        "--min_confidence 0 --log_step 5 --get_images (lst.photos)")
     add_settings_flags(p)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--num_workers", type=int, default=0,
@@ -149,7 +157,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "shrinking batch recompiles)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bars and no INFO logs (warnings, errors and the summary stay)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    defaults = preset_defaults(args.preset, args.dataset)
+    if defaults:  # parsed again: the preset's and the dataset's defaults, explicit flags on top
+        p.set_defaults(**defaults)
+        args = p.parse_args(argv)
+    args.defaults_note = defaults_note(args.preset, args.dataset)
+    return args
+
+
+def defaults_note(preset: str | None, dataset: str) -> str:
+    """What the defaults of this run are, when a preset or the dataset sets them, e.g. 'photos'
+    defaults: --preset fast --min_confidence 0 --log_step 5 --get_images'; '' otherwise."""
+    own = dict(DATASETS[dataset].defaults) if dataset in DATASETS else {}
+    if not own:
+        return f"--preset {preset}" if preset else ""
+    flags = [f"--{k}" if v is True else f"--{k} {v:g}" if isinstance(v, float) else f"--{k} {v}"
+             for k, v in own.items() if not (k == "preset" and preset)]
+    return (f"--preset {preset}, and " if preset else "") + f"the {dataset} dataset's defaults: {' '.join(flags)}"
+
+
+def preset_defaults(preset: str | None, dataset: str) -> dict:
+    """The flag defaults of --preset and of the dataset (`lst.data.DatasetInfo.defaults`; the
+    named preset wins over the dataset's), as argparse destinations."""
+    own = dict(DATASETS[dataset].defaults) if dataset in DATASETS else {}
+    preset = preset or own.pop("preset", None)
+    own.pop("preset", None)
+    values = {**PRESETS.get(preset, {}), **own}
+    if values.get("adv_step_size") is not None:
+        values["adv_pert"] = True
+    return values
 
 
 def data_root(args: argparse.Namespace) -> str | None:
@@ -499,13 +536,18 @@ def schedule_note(results: dict, settings: LSTSettings, pairs: np.ndarray | None
 
 def precision_note(results: dict, settings: LSTSettings, reason: str) -> str:
     """The arithmetic and why (`lst.precision.resolve_precision`); under bf16/fp16, how many
-    blind spots break the level set in float32 (said loudly > 1%)."""
+    walks the float32 check stepped back into the level set (`lst.guard`), when any, and any
+    blind spot below p0 - pthresh in float32 (none, by the check)."""
     if settings.precision == "fp32":
         return "" if reason == AS_ASKED else f"; fp32 ({reason})"
-    share = results["float32_violations"]
-    note = (f"; {settings.precision} ({reason}): {share:.1%} of the pairs fall below p0 - "
-            "pthresh when re-evaluated in float32")
-    return note + (" (more than 1%: use --precision fp32 for these numbers)" if share > 0.01 else "")
+    stepped, share = results.get("stepped_back_walks", 0), results["float32_violations"]
+    note = f"; {settings.precision} ({reason}), every blind spot checked in float32"
+    if stepped:
+        note += (f": {stepped} walk(s) stepped back into the level set "
+                 f"(margin {settings.margin:g})")
+    if share:
+        note += f"; {share:.1%} of the pairs fall below p0 - pthresh in float32"
+    return note
 
 
 def saved_pairs(store: RunStore) -> str:
@@ -523,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     started = time.time()
+    if args.defaults_note:
+        logging.getLogger("lst").info("defaults: %s (flags given explicitly win)", args.defaults_note)
     from models import ModelError
 
     try:

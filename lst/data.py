@@ -35,7 +35,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 
-from .photos import PHOTOS, PhotosDataset
+from .photos import CHECKED_UNDER, PHOTOS, PHOTOS_DEFAULTS, PhotosDataset
 from .shapes import SHAPE_CLASSES, ShapesDataset
 
 
@@ -272,7 +272,7 @@ def _load_cifar10(root: Path, config: DataConfig | None, split: str, seed: int) 
 
 
 def _load_photos(root: Path | None, config: DataConfig | None, split: str, seed: int) -> Dataset:
-    return PhotosDataset((config or DataConfig()).transform())
+    return PhotosDataset((config or DataConfig(**CHECKED_UNDER)).transform())
 
 
 def _load_shapes(root: Path | None, config: DataConfig | None, split: str, seed: int) -> Dataset:
@@ -295,7 +295,10 @@ class DatasetInfo:
     decides). default_targets: the --examples classes when none are given. path_flag: the
     command-line flag of its folder (None: generated in memory); layout: what that folder must
     hold, for messages. load(root, config, split, seed) -> Dataset. needs_model_config: its
-    resize and crop come from the model, so it is loaded after the model.
+    resize and crop come from the model, so it is loaded after the model. defaults: the command
+    line's defaults for it, where they differ from the paper's (a demonstration dataset: its
+    --preset, and the --min_confidence rule of a set with one image per class); flags given
+    explicitly win.
     """
 
     name: str
@@ -306,6 +309,7 @@ class DatasetInfo:
     layout: str
     load: Callable[[Path | None, DataConfig | None, str, int], Dataset]
     needs_model_config: bool = False
+    defaults: tuple[tuple[str, object], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -321,7 +325,7 @@ DATASETS = {info.name: info for info in (
                 "torchvision's files or test/<class>/ images", _load_cifar10),
     DatasetInfo("photos", IMAGENET_CLASSES, (3, 224, 224), tuple(p.label for p in PHOTOS), None,
                 "photographs shipped in installed packages (lst.photos)", _load_photos,
-                needs_model_config=True),
+                needs_model_config=True, defaults=PHOTOS_DEFAULTS),
     DatasetInfo("shapes", SHAPE_CLASSES, (3, 32, 32), (0, 1, 2, 3, 4), None,
                 "generated in memory", _load_shapes),
     DatasetInfo("folder", None, None, None, "--data_path", FOLDER_LAYOUT, _load_folder,

@@ -154,8 +154,8 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     Returns a dict (numpy arrays, K = len(classes)): images (K,C,H,W), labels (K,),
     target_files (the K example images' file names),
     blind_spots (K,K,C,H,W) [source s, target t], the diagonal holding the originals;
-    init_confs (K,), final_confs / kept / l2 / linf / ssim / lpips / passes / distance_left
-    (K,K); limbs (K,K,P) and straight (K,K,P): source-class confidence along source->blind
+    init_confs (K,), final_confs / kept / l2 / linf / ssim / lpips / passes / distance_left /
+    stepped_back (K,K), stepped_back_walks (`stepped_back_walks`); limbs (K,K,P) and straight (K,K,P): source-class confidence along source->blind
     spot and source->target; hull_pairs (M,2) target pairs, hull_confs (K,M,66), and the path
     recordings asked for, shaped (K,K,...). With transfer_models (name -> model of the same dataset):
     transfer_models (names) and the `lst.transfer.judge_pairs` arrays, (K,K,J) with
@@ -200,6 +200,7 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
                                       settings.precision))
     results["float32_violations"] = float32_violations(run["init_confs"], run["final_confs"],
                                                        run["kept"], settings.pthresh)
+    results["stepped_back_walks"] = stepped_back_walks(run)
     if store is not None:
         key = loaded_key(run_key or store.key, model, transfer_models,
                          example_image_digests(Path(out_dir), dataset_name, classes))
@@ -230,7 +231,8 @@ def _examples_walks(run: dict, square: PairSquare, images: torch.Tensor, init: n
            "log_iters": run["log_iters"],
            "final_confs": square(run["final_confs"], lambda s: init[s]),
            "kept": square(run["kept"], True),
-           "passes": square(run["passes"], 0), "distance_left": square(run["distance_left"], 0.0)}
+           "passes": square(run["passes"], 0), "distance_left": square(run["distance_left"], 0.0),
+           "stepped_back": square(run["stepped_back"], 0)}
     out.update({key: square(run[key], np.nan) for key in ("l2", "linf", "ssim", "lpips")})
     out.update({key: square(run[key], 0) for key in ("confs_over_path", "distance_over_path",
                                                      "images_over_path", "widths",
@@ -252,7 +254,8 @@ def _examples_restarts(model: nn.Module, run: dict, square: PairSquare, images: 
     spots = run["restart_final_images"]
     out = {"restart_blind_spots": square(spots, lambda s: images[s].numpy()[None])}
     for name in RESTART_FIELDS:
-        out[f"restart_{name}"] = square(run[f"restart_{name}"], 0 if name == "passes" else np.nan)
+        fill = 0 if name in ("passes", "stepped_back") else np.nan
+        out[f"restart_{name}"] = square(run[f"restart_{name}"], fill)
     geometry = restart_geometry(model, images[src], labels[src], images[tgt],
                                 torch.from_numpy(spots), hull_chunk, precision)
     out.update({key: square(value, np.nan) for key, value in geometry.items()})
@@ -284,6 +287,14 @@ def _examples_geometry(model: nn.Module, results: dict, square: PairSquare, imag
 def judges_of(model: nn.Module, transfer_models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
     """The judges of `lst.transfer`: the traversed model itself first, then the others."""
     return {"": model, **transfer_models}
+
+
+def stepped_back_walks(run: dict) -> int:
+    """How many walks of a run (every restart's) the float32 check stepped back into the level
+    set (`lst.guard`): its stepped_back arrays (restart_stepped_back with restarts) counted > 0;
+    0 for results written before the check."""
+    steps = run.get("restart_stepped_back", run.get("stepped_back"))
+    return 0 if steps is None else int((np.asarray(steps) > 0).sum())
 
 
 def float32_violations(init_confs: np.ndarray, final_confs: np.ndarray, kept: np.ndarray,
@@ -496,7 +507,8 @@ def _full_eval_results(model: nn.Module, dataset: Dataset, pairs: FullEvalPairs,
 
     results (N sources, R rounds): source_indices (N,), labels (N,), target_indices /
     target_labels (N,R), init_confs (N,R) (p0 of the source, per pair), final_confs, kept, accept_rate, passes, distance_left,
-    l2, linf, ssim, lpips (N,R), float32_violations (a float, see `float32_violations`), path
+    l2, linf, ssim, lpips, stepped_back (N,R), float32_violations (a float, see
+    `float32_violations`), stepped_back_walks (an int, `stepped_back_walks`), path
     recordings (N,R,...) when asked, and with get_final_imgs final_images
     (N,R,C,H,W) uint8, hull_stats (dict of (N,) arrays, Table 2) and segment_stats (dict of
     (N,) arrays, Table 2b: limbs and chords kept); with transfer_models (name -> model of the
@@ -540,6 +552,7 @@ def _full_eval_results(model: nn.Module, dataset: Dataset, pairs: FullEvalPairs,
     results["float32_violations"] = float32_violations(results["init_confs"],
                                                        results["final_confs"], results["kept"],
                                                        settings.pthresh)
+    results["stepped_back_walks"] = stepped_back_walks(results)
     results["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
     return results, all_confs
 

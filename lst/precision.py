@@ -18,6 +18,12 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# How much a step's confidence drop p0 - p, both in the walk's arithmetic, may fall short of the
+# float32 drop: a walk in reduced precision accepts a step only while p0 - p < delta - margin
+# (`LSTSettings.margin`). Measured by benchmarks/bench_rounding.py (benchmarks/README.md,
+# "Reduced precision"): MEASURED. The float32 check at each walk's stop
+# (lst.guard) keeps every blind spot in the level set whatever the margin.
+ACCEPTANCE_MARGIN = {"fp32": 0.0, "bf16": 0.012, "fp16": 0.002}
 _checked: set[str] = set()  # precisions whose CPU support was looked up in this process
 
 

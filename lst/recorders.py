@@ -20,7 +20,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .confidence import class_confidence_of
 from .layers import representations, resolve_layers, scores_from
 from .settings import LSTSettings
 from .walk import WalkState, distance_left, orthogonal_step
@@ -49,16 +48,15 @@ class Recorder:
 class BlindSpots(Recorder):
     """The blind spots: each walk's last iterate and confidence, its passes and acceptance rate.
 
-    sources, targets: (N,C,H,W) float32 on the model's device; labels (N,); init_confs (N,) p0 in
-    float32; walks: (W,) the rows that walk (the correctly classified sources). Fills
-    final_images (on the model's device), final_confs, accept_rate, passes, distance_left.
+    sources, targets: (N,C,H,W) float32 on the model's device; init_confs (N,) p0 in float32;
+    walks: (W,) the rows that walk (the correctly classified sources). Fills final_images (on the
+    model's device), final_confs (float32: the walk's own in fp32, `lst.guard.Float32Check`'s
+    under bf16/fp16), accept_rate, passes, distance_left.
     """
 
-    def __init__(self, model: nn.Module, sources: torch.Tensor, targets: torch.Tensor,
-                 labels: torch.Tensor, init_confs: torch.Tensor, walks: torch.Tensor,
-                 precision: str) -> None:
-        self.model, self.targets, self.labels, self.walks = model, targets, labels, walks
-        self.precision = precision
+    def __init__(self, sources: torch.Tensor, targets: torch.Tensor, init_confs: torch.Tensor,
+                 walks: torch.Tensor) -> None:
+        self.targets, self.walks = targets, walks
         self.final, self.final_confs = sources.clone(), init_confs.clone()
         self.accepted = torch.zeros(len(sources), device=sources.device)
         self.passes = torch.zeros(len(sources), device=sources.device)
@@ -79,9 +77,6 @@ class BlindSpots(Recorder):
     def finish(self, fields: dict) -> None:
         walks, left = self.walks, torch.full_like(self.final_confs, float("nan"))
         left[walks] = distance_left(self.final[walks], self.targets[walks], self.spans)
-        if self.precision != "fp32" and len(walks):  # the blind spots' confidences in float32
-            self.final_confs[walks] = class_confidence_of(self.model, self.final[walks],
-                                                          self.labels[walks])
         fields.update(final_images=self.final, final_confs=self.final_confs.cpu(),
                       accept_rate=(self.accepted / (self.passes - 1).clamp(min=1)).cpu(),
                       passes=self.passes.to(torch.int64).cpu(), distance_left=left.cpu())
@@ -212,11 +207,16 @@ class MatchedRecorder(Recorder):
     """Each walk's first iterate at the fractions f of the way to its target, progress
     1 - |x - x_t| / |x_s - x_t| >= f (the noisy start is iterate 0). Per walk in state.extra
     while it walks; fills matched_images (N,F,C,H,W) on the model's device (zeros where never
-    reached), matched_iters (N,F) (-1 there) and matched_confs (N,F) (NaN there)."""
+    reached), matched_iters (N,F) (-1 there) and matched_confs (N,F) (NaN there).
+
+    check: under bf16/fp16 the walks' `lst.guard.Float32Check`: as a walk stops, its matched
+    iterates are checked in float32 like its blind spot; one that fails counts as not reached
+    (its walk got to f only outside the level set), and matched_confs are the float32 ones.
+    """
 
     def __init__(self, fractions: Sequence[float], n: int, image_shape: Sequence[int],
-                 device: torch.device) -> None:
-        self.fractions = torch.tensor(fractions, device=device)
+                 device: torch.device, check=None) -> None:
+        self.fractions, self.check = torch.tensor(fractions, device=device), check
         f = len(fractions)
         self.images = torch.zeros(n, f, *image_shape, device=device)
         self.iters = torch.full((n, f), -1, dtype=torch.int64, device=device)
@@ -246,9 +246,18 @@ class MatchedRecorder(Recorder):
 
     def stopped(self, state: WalkState, stop: torch.Tensor, i: int) -> None:
         rows = state.rows[stop]
-        self.images[rows] = state.extra["matched_images"][stop]
-        self.iters[rows] = state.extra["matched_iters"][stop]
-        self.confs[rows] = state.extra["matched_confs"][stop]
+        images, iters = state.extra["matched_images"][stop], state.extra["matched_iters"][stop]
+        confs = state.extra["matched_confs"][stop]
+        reached = iters >= 0  # (W,F)
+        if self.check is not None and reached.any():
+            walk = reached.nonzero()[:, 0]
+            ok, probs = self.check.passes(images[reached], state.label[stop][walk], rows[walk])
+            confs[reached] = torch.where(
+                ok, probs.gather(1, state.label[stop][walk].view(-1, 1)).squeeze(1), float("nan"))
+            refused = reached.clone()
+            refused[reached] = ~ok
+            iters[refused], images[refused] = -1, 0.0
+        self.images[rows], self.iters[rows], self.confs[rows] = images, iters, confs
 
     def finish(self, fields: dict) -> None:
         fields.update(matched_images=self.images, matched_iters=self.iters.cpu(),
@@ -297,9 +306,11 @@ def diversity_push(x: torch.Tensor, others: torch.Tensor, group: torch.Tensor,
 
 
 def recorders_for(model: nn.Module, settings: LSTSettings, sources: torch.Tensor,
-                  sample_ids: Sequence[int], groups: torch.Tensor | None = None) -> list[Recorder]:
+                  sample_ids: Sequence[int], groups: torch.Tensor | None = None,
+                  check: Recorder | None = None) -> list[Recorder]:
     """The recorders `settings` asks for, over the inputs `sources` ((N,C,H,W) on the model's
-    device, sample ids `sample_ids`); `groups` (N,) with settings.diversity > 0 adds the push."""
+    device, sample ids `sample_ids`); `groups` (N,) with settings.diversity > 0 adds the push;
+    `check`: the walks' `lst.guard.Float32Check` under bf16/fp16 (matched iterates use it)."""
     n, shape = len(sources), sources.shape[1:]
     n_logs = len(range(0, settings.iters, settings.log_step))
     chosen: list[Recorder] = []
@@ -311,7 +322,7 @@ def recorders_for(model: nn.Module, settings: LSTSettings, sources: torch.Tensor
         chosen.append(LayerRecorder(model, resolve_layers(model, settings.layers), sources,
                                     n_logs, settings.log_step))
     if settings.matched_fractions:
-        chosen.append(MatchedRecorder(settings.matched_fractions, n, shape, sources.device))
+        chosen.append(MatchedRecorder(settings.matched_fractions, n, shape, sources.device, check))
     if settings.diversity > 0 and groups is not None:
         chosen.append(DiversityPush(settings.diversity, groups, sources))
     return chosen

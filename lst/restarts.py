@@ -18,7 +18,8 @@ from torch import nn
 from .hull import SEGMENT_DELTAS, segment_confidences
 
 # the per-walk results kept for every restart, (P,K) each: the spread of Table 1 across restarts
-RESTART_FIELDS = ("final_confs", "passes", "distance_left", "l2", "linf", "ssim", "lpips")
+RESTART_FIELDS = ("final_confs", "passes", "distance_left", "l2", "linf", "ssim", "lpips",
+                  "stepped_back")
 
 
 def restart_pairs(restarts: int) -> list[tuple[int, int]]:

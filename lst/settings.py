@@ -8,10 +8,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .precision import PRECISIONS, check_precision
+from .precision import ACCEPTANCE_MARGIN, PRECISIONS, check_precision
 
 PAPER_ADV_STEP_SIZE = 1 / 255  # eps when the adversarial term is switched on (--adv_pert) alone
 SCHEDULES = ("fixed", "adaptive")
+# The paper's hyperparameters (its ImageNet runs: eta, T, delta, eps of the adversarial term).
+PAPER_HYPERPARAMETERS = dict(step_size=1e-2, iters=400, pthresh=0.2, adv_step_size=2e-3)
+# Named sets of command-line defaults (--preset): paper, its Algorithm 1 as it ran it; fast, the
+# same level set (the paper's delta and adversarial term) walked by the adaptive schedule in the
+# fastest arithmetic the device has (--precision auto). Flags given explicitly win.
+PRESETS = {"paper": dict(PAPER_HYPERPARAMETERS),
+           "fast": dict(PAPER_HYPERPARAMETERS, schedule="adaptive", precision="auto")}
 ADAPTIVE_FIELDS = ("step_start", "step_grow", "step_shrink", "step_max", "step_min",
                    "stop_distance", "stall_steps", "stall_tolerance", "corrector", "retry")
 
@@ -54,6 +61,13 @@ class LSTSettings:
                 "also auto: bf16 where the CPU or GPU has instructions for it, else fp32 (the "
                 "run key records the choice)",
         "choices": (*PRECISIONS, "auto")})
+    acceptance_margin: float | None = field(default=None, metadata={
+        "help": "m >= 0: a step is accepted only while p0 - p < delta - m, both confidences in "
+                "the walk's arithmetic; the default covers the measured rounding of the "
+                "precision (lst.precision.ACCEPTANCE_MARGIN: 0 in fp32). Under bf16/fp16 every "
+                "blind spot is also checked in float32 when its walk stops, and stepped back to "
+                "the walk's latest iterate that passes (docs/design.md, 'Reduced precision')",
+        "type": float})
     schedule: str = field(default="fixed", metadata={
         "help": "fixed: every step moves step_size of the way (the paper's); adaptive: a step "
                 "size per sample that grows after accepted steps and shrinks after rejected "
@@ -149,6 +163,9 @@ class LSTSettings:
         if not (math.isfinite(self.step_start) and self.step_min <= self.step_start <= 1):
             raise ValueError(f"step_start must be in [step_min, 1], got {self.step_start} "
                              f"(step_min {self.step_min})")
+        if self.acceptance_margin is not None and not 0 <= self.acceptance_margin < self.pthresh:
+            raise ValueError(f"acceptance_margin must be in [0, pthresh), got "
+                             f"{self.acceptance_margin} (pthresh {self.pthresh})")
         if not (math.isfinite(self.diversity) and self.diversity >= 0):
             raise ValueError(f"diversity must be >= 0, got {self.diversity}")
         if not all(0 < f < 1 for f in self.matched_fractions):  # NaN fails too
@@ -162,14 +179,25 @@ class LSTSettings:
             raise ValueError(f"width_distances must be positive finite numbers, got "
                              f"{list(self.width_distances)}")
 
+    @property
+    def margin(self) -> float:
+        """The acceptance margin the walks use: acceptance_margin, or the precision's measured
+        default (`lst.precision.ACCEPTANCE_MARGIN`)."""
+        return (ACCEPTANCE_MARGIN[self.precision] if self.acceptance_margin is None
+                else float(self.acceptance_margin))
+
     def as_dict(self, complete: bool = False) -> dict:
         """The settings as plain values (tuples as lists), for results files and run keys.
-        Unless `complete`, the fixed schedule leaves out the schedule's fields, and diversity,
+        acceptance_margin is the margin used (`margin`). Unless `complete`, fp32 without a
+        margin leaves it out, the fixed schedule leaves out the schedule's fields, and diversity,
         matched_fractions, get_layers and layers are left out while off, so runs of the paper's
         algorithm keep the run ids they had before these settings existed."""
         values = dict(asdict(self), width_distances=list(self.width_distances),
-                      matched_fractions=list(self.matched_fractions), layers=list(self.layers))
+                      matched_fractions=list(self.matched_fractions), layers=list(self.layers),
+                      acceptance_margin=self.margin)
         if not complete:
+            if self.precision == "fp32" and self.margin == 0:
+                values.pop("acceptance_margin")
             if self.schedule == "fixed":
                 for name in ("schedule", *ADAPTIVE_FIELDS):
                     values.pop(name)

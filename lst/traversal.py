@@ -20,6 +20,7 @@ from torch import nn
 from .confidence import in_eval_mode, model_device, predict, probabilities
 from .progress import progress_bar
 from .recorders import BlindSpots, DiversityPush, LogStepRecorder, Recorder, recorders_for
+from .guard import Float32Check
 from .schedules import schedule_for
 from .settings import LSTSettings
 from .walk import initial_noise, lst_step, orthogonal_step, start_walks
@@ -36,8 +37,12 @@ class LSTResult:
         with the inputs; a skipped (misclassified) source is returned unchanged.
     kept: (N,) bool: False where the model misclassified the source (no traversal done).
     init_confs: (N,) float32: p0, source-class confidence at the clean source (in float32).
-    final_confs: (N,) float32: source-class confidence at the final image (in float32; with
-        precision bf16/fp16 re-evaluated in float32 after the walk).
+    final_confs: (N,) float32: source-class confidence at the final image, in float32 (with
+        precision bf16/fp16 evaluated in float32 as the walk stopped, `lst.guard`). Every kept
+        blind spot has init_confs - final_confs < pthresh, whatever the precision.
+    stepped_back: (N,) int64: 0, or under bf16/fp16 how many of the walk's latest iterates
+        failed the float32 check before one passed (`lst.guard.Float32Check`; HISTORY + 1: the
+        blind spot is the clean source).
     accept_rate: (N,) float32: fraction of the steps taken that were accepted.
     log_iters: (R,) int64: the iterations recorded (0, L, 2L, ... < iters).
     confs_over_path: (N,R,2) float32 or None: source- and target-class confidence at each
@@ -84,6 +89,7 @@ class LSTResult:
     matched_confs: torch.Tensor | None = None
     layer_scores: torch.Tensor | None = None
     layer_scores_over_path: torch.Tensor | None = None
+    stepped_back: torch.Tensor | None = None
 
     def images_to(self, device: torch.device) -> "LSTResult":
         """The result with final_images and matched_images moved to `device`."""
@@ -148,9 +154,18 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         target_labels = predict(model, x_tgt)[0]
     walks = kept.nonzero().squeeze(1)
     schedule = schedule_for(settings, stop_distances)
-    recorders = [BlindSpots(model, x_src, x_tgt, y, init_confs, walks, settings.precision),
-                 *recorders_for(model, settings, x_src, ids, groups), *recorders]
+    check = (Float32Check(model, x_src, init_confs, settings.pthresh)
+             if settings.precision != "fp32" else None)
+    recorders = [*([check] if check else []), BlindSpots(x_src, x_tgt, init_confs, walks),
+                 *recorders_for(model, settings, x_src, ids, groups, check), *recorders]
     diversity = next((r for r in recorders if isinstance(r, DiversityPush)), None)
+
+    def stop_walks(state, stop: torch.Tensor, i: int) -> None:
+        if check is not None:  # the blind spots in the level set in float32, before anyone reads them
+            check.verify(state, stop)
+        for recorder in recorders:
+            recorder.stopped(state, stop, i)
+
     if len(walks):
         state = start_walks(model, x_src, x_tgt, y, target_labels, init_confs, walks, settings,
                              [ids[i] for i in walks.tolist()], restarts)
@@ -160,8 +175,7 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         for i in progress_bar(range(settings.iters), desc="LST", disable=not progress, leave=False):
             stop = schedule.stopped(state)
             if stop is not None and stop.any():
-                for recorder in recorders:
-                    recorder.stopped(state, stop, i)
+                stop_walks(state, stop, i)
                 state = state.keep(~stop)
                 if len(state.rows) == 0:
                     break
@@ -172,11 +186,12 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
             schedule.update(state, accept, proposal)
             for recorder in recorders:
                 recorder.after_step(state, i, accept)
-        for recorder in recorders:  # the walks still going stop here
-            recorder.stopped(state, torch.ones_like(state.rows, dtype=torch.bool), settings.iters)
+        if len(state.rows):  # the walks still going stop here
+            stop_walks(state, torch.ones_like(state.rows, dtype=torch.bool), settings.iters)
     recorded = any(isinstance(r, LogStepRecorder) for r in recorders)
     result = dict(kept=kept.cpu(), init_confs=init_confs.detach().cpu(),
-                  log_iters=torch.arange(0, settings.iters if recorded else 0, settings.log_step))
+                  log_iters=torch.arange(0, settings.iters if recorded else 0, settings.log_step),
+                  stepped_back=torch.zeros(len(kept), dtype=torch.int64))
     for recorder in recorders:
         recorder.finish(result)
     return LSTResult(**result).images_to(sources.device)

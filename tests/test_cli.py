@@ -341,11 +341,28 @@ def test_cli_defaults_are_the_settings_defaults():
     assert cli.lst_settings(args) == defaults
 
 
+def test_a_preset_is_defaults_the_run_key_holds_the_values():
+    """--preset paper is the paper's flags spelled out (the same run key, so the same results
+    file); a flag given explicitly wins over the preset."""
+    shapes = ["smallcnn-normal", "shapes", "--examples"]
+    spelled = [*shapes, "--step_size", "1e-2", "--iters", "400", "--pthresh", "0.2", "--adv_pert",
+               "--adv_step_size", "2e-3"]
+
+    def key(argv):
+        args = cli.parse_args(argv)
+        return cli.run_identity(args, cli.check_args(args))
+
+    assert key([*shapes, "--preset", "paper"]) == key(spelled) != key(shapes)
+    fast = cli.parse_args([*shapes, "--preset", "fast", "--pthresh", "0.3", "--no-retry"])
+    assert (fast.schedule, fast.precision, fast.pthresh, fast.retry, fast.iters) == (
+        "adaptive", "auto", 0.3, False, 400)
+
+
 def test_every_settings_field_reaches_the_settings_from_its_flag():
     changed = LSTSettings(step_size=0.5, iters=7, pthresh=0.3, adv_step_size=0.01, init_noise=0.1,
                           log_step=2, get_confs_over_path=True, get_images=True, get_widths=True,
                           width_distances=(0.5, 3.0), width_directions=9, seed=4,
-                          precision="bf16", schedule="adaptive", step_start=0.3, step_grow=2.0,
+                          precision="bf16", acceptance_margin=0.02, schedule="adaptive", step_start=0.3, step_grow=2.0,
                           step_shrink=0.25, step_max=0.8, step_min=0.005, stop_distance=0.05,
                           stall_steps=7, stall_tolerance=0.1, corrector=True, retry=False,
                           diversity=0.2,
@@ -355,7 +372,8 @@ def test_every_settings_field_reaches_the_settings_from_its_flag():
             "--pthresh", "0.3", "--adv_pert", "--adv_step_size", "0.01", "--init_noise", "0.1",
             "--log_step", "2", "--get_confs_over_path", "--get_images", "--get_widths",
             "--width_distances", "0.5", "3", "--width_directions", "9", "--seed", "4",
-            "--precision", "bf16", "--schedule", "adaptive", "--step_start", "0.3", "--step_grow", "2",
+            "--precision", "bf16", "--acceptance_margin", "0.02", "--schedule", "adaptive",
+            "--step_start", "0.3", "--step_grow", "2",
             "--step_shrink", "0.25", "--step_max", "0.8", "--step_min", "0.005",
             "--stop_distance", "0.05", "--stall_steps", "7", "--stall_tolerance", "0.1",
             "--corrector", "--no-retry", "--diversity", "0.2", "--matched_fractions", "0.9", "0.5",

@@ -1,0 +1,108 @@
+"""The level-set guarantee in reduced precision (lst.guard): a model whose bf16 confidence is
+biased upwards lets the walks accept steps that float32 refuses; every blind spot and matched
+iterate it returns is still in the level set in float32, and the walks say they were stepped back."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lst
+from lst.guard import HISTORY
+from tests.conftest import frozen, small_cnn
+
+PTHRESH = 0.2
+
+
+class OverconfidentInReducedPrecision(nn.Module):
+    """A small CNN that, under autocast, adds `bias` to its top logit: in bf16 its top class
+    looks more certain than float32 says, so a walk's drop in confidence looks smaller."""
+
+    def __init__(self, bias: float = 1.0):
+        super().__init__()
+        self.net, self.bias = small_cnn(gain=100.0), bias
+
+    def forward(self, x):
+        logits = self.net(x)
+        if torch.is_autocast_enabled(x.device.type):
+            logits = logits + self.bias * F.one_hot(logits.argmax(1), logits.shape[1])
+        return logits
+
+
+def pairs(model, n=8):
+    """n images the model calls class 4 and n it calls another class, each walking to one of
+    the other group: (sources, labels, targets), (2n,3,16,16) in [0,1]."""
+    g = torch.Generator().manual_seed(0)
+    pool = torch.rand(400, 3, 1, 1, generator=g) * torch.rand(400, 3, 16, 16, generator=g)
+    predicted = lst.predict(model, pool)[0]
+    a, b = pool[predicted == 4][:n], pool[predicted != 4][:n]
+    sources, targets = torch.cat([a, b]), torch.cat([b, a])
+    return sources, lst.predict(model, sources)[0], targets
+
+
+def float32_drops(model, result, labels):
+    """p0 - p in float32 at every kept blind spot."""
+    p = lst.class_confidence_of(model, result.final_images, labels)
+    return (result.init_confs - p)[result.kept]
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "adaptive"])
+def test_a_walk_fooled_by_its_arithmetic_is_stepped_back_into_the_level_set(schedule):
+    model = frozen(OverconfidentInReducedPrecision())
+    x, y, t = pairs(model)
+    settings = lst.LSTSettings(step_size=0.1, iters=40, pthresh=PTHRESH, precision="bf16",
+                               schedule=schedule, matched_fractions=(0.25, 0.5, 0.75))
+    result = lst.level_set_traversal(model, x, y, t, settings)
+    drops = float32_drops(model, result, y)
+    assert result.kept.all()
+    assert (result.stepped_back > 0).any()  # the walks did leave the level set in float32
+    assert (drops < PTHRESH).all(), drops.max()  # and no blind spot is outside it
+    # the confidences reported are the float32 ones at the images returned
+    torch.testing.assert_close(result.final_confs[result.kept],
+                               result.init_confs[result.kept] - drops, rtol=0, atol=1e-6)
+    stepped = result.stepped_back > 0
+    assert (result.stepped_back <= HISTORY + 1).all()
+    # a blind spot stepped back less than HISTORY + 1 is an earlier iterate, not the source
+    earlier = stepped & (result.stepped_back <= HISTORY)
+    assert ((result.final_images[earlier] - x[earlier]).flatten(1).norm(dim=1) > 0).all()
+    # matched iterates: reached only inside the level set in float32
+    reached = result.matched_iters >= 0
+    matched = result.matched_images[reached]
+    labels = y.view(-1, 1).expand_as(reached)[reached]
+    p = lst.class_confidence_of(model, matched, labels)
+    p0 = result.init_confs.view(-1, 1).expand_as(reached)[reached]
+    assert ((p0 - p) < PTHRESH).all()
+    torch.testing.assert_close(result.matched_confs[reached], p, rtol=0, atol=1e-6)
+
+
+def test_in_fp32_the_same_walks_are_never_stepped_back():
+    model = frozen(OverconfidentInReducedPrecision())
+    x, y, t = pairs(model)
+    fp32 = lst.level_set_traversal(model, x, y, t, step_size=0.1, iters=40, pthresh=PTHRESH)
+    assert (fp32.stepped_back == 0).all()
+    assert (float32_drops(model, fp32, y) < PTHRESH).all()
+
+
+def test_the_acceptance_margin_is_the_precisions_unless_given():
+    from lst.precision import ACCEPTANCE_MARGIN
+
+    assert lst.LSTSettings().margin == 0
+    assert lst.LSTSettings(precision="bf16").margin == ACCEPTANCE_MARGIN["bf16"] > 0
+    assert lst.LSTSettings(precision="bf16", acceptance_margin=0.0).margin == 0
+    # the run key: fp32 runs keep their keys; a reduced-precision key names the margin it used
+    assert "acceptance_margin" not in lst.LSTSettings().as_dict()
+    assert lst.LSTSettings(precision="bf16").as_dict()["acceptance_margin"] == ACCEPTANCE_MARGIN["bf16"]
+    with pytest.raises(ValueError, match="acceptance_margin"):
+        lst.LSTSettings(pthresh=0.1, acceptance_margin=0.1)
+
+
+def test_a_margin_makes_acceptance_stricter():
+    """A walk with margin m accepts exactly the steps whose drop is below delta - m: with m
+    close to delta nothing but tiny drops pass, so it ends nearer its source."""
+    model = small_cnn(gain=100.0)
+    x, y, t = pairs(model)
+    loose = lst.level_set_traversal(model, x, y, t, step_size=0.1, iters=20, pthresh=PTHRESH)
+    strict = lst.level_set_traversal(model, x, y, t, step_size=0.1, iters=20, pthresh=PTHRESH,
+                                     acceptance_margin=0.19)
+    assert ((strict.init_confs - strict.final_confs) < PTHRESH - 0.19).all()
+    assert (strict.accept_rate <= loose.accept_rate).all()
+    assert (strict.accept_rate < loose.accept_rate).any()
