@@ -246,6 +246,8 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
         settings = lst_settings(args)
     except ValueError as err:  # its message starts with the field's name, the flag's name
         raise DataError(f"--{err}") from None
+    if args.full_eval and args.get_final_imgs:  # it stores and measures 8-bit blind spots
+        settings = replace(settings, quantize=True)
     if args.compile and settings.schedule == "adaptive":
         print("warning: --compile with --schedule adaptive compiles the model again for every "
               "batch size as walks stop: 10 to 30 times slower end to end "
@@ -535,16 +537,17 @@ def schedule_note(results: dict, settings: LSTSettings, pairs: np.ndarray | None
 
 
 def precision_note(results: dict, settings: LSTSettings, reason: str) -> str:
-    """The arithmetic and why (`lst.precision.resolve_precision`); under bf16/fp16, how many
-    walks the float32 check stepped back into the level set (`lst.guard`), when any, and any
-    blind spot below p0 - pthresh in float32 (none, by the check)."""
-    if settings.precision == "fp32":
-        return "" if reason == AS_ASKED else f"; fp32 ({reason})"
+    """The arithmetic and why (`lst.precision.resolve_precision`); how many walks the float32
+    check stepped back into the level set (`lst.guard`: bf16/fp16, 8-bit blind spots), when
+    any; and any blind spot below p0 - pthresh in float32 (none, by the check)."""
+    note = "" if settings.precision == "fp32" and reason == AS_ASKED else (
+        f"; {settings.precision} ({reason})")
+    if settings.precision != "fp32":
+        note += ", every blind spot checked in float32"
     stepped, share = results.get("stepped_back_walks", 0), results["float32_violations"]
-    note = f"; {settings.precision} ({reason}), every blind spot checked in float32"
     if stepped:
-        note += (f": {stepped} walk(s) stepped back into the level set "
-                 f"(margin {settings.margin:g})")
+        note += (f"; {stepped} walk(s) stepped back into the level set by the float32 check"
+                 + (f" (margin {settings.margin:g})" if settings.margin else ""))
     if share:
         note += f"; {share:.1%} of the pairs fall below p0 - pthresh in float32"
     return note

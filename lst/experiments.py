@@ -7,6 +7,8 @@ full_eval keeps its partial state in a `RunStore` so that it resumes.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import logging
 import time
 from itertools import combinations
@@ -375,12 +377,17 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     parts (the store must then be on a filesystem all ranks share). num_workers: processes that
     read the pairs' images (a torch DataLoader's workers; 0: this process).
 
+    With get_final_imgs the walks run with settings.quantize (their blind spots, stored 8-bit,
+    are 8-bit images checked in float32 as such, `lst.guard`).
+
     Returns (results, all_confs) on rank 0 and (None, None) elsewhere (`_full_eval_results`
     lists their arrays).
     """
     started, origin = time.time(), provenance()
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if get_final_imgs:  # its blind spots are stored and measured in 8 bits: checked as such
+        settings = replace(settings, quantize=True)
     run_key = run_key or (store.key if store is not None else None)
     if run_key is None:  # a run of the library without a key: what decides its results
         run_key = make_run_key(

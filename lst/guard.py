@@ -13,6 +13,12 @@ construction, without walking again:
 - a walk whose iterate fails is stepped back to the newest of its kept iterates that passes, or
   to its clean source (p = p0: in the level set by definition) where none does.
 
+With `quantize` (8-bit blind spots, what full_eval --get_final_imgs stores and measures) the
+check is made, in any precision, on each candidate rounded to a multiple of 1/255, and the
+blind spot is that rounded image, so its 8-bit copy is in the level set too (a rounded clean
+source that fails, which would take a source whose confidence half a grey level moves by
+delta, leaves the clean source itself).
+
 docs/design.md, "Reduced precision".
 """
 from __future__ import annotations
@@ -31,14 +37,16 @@ class Float32Check(Recorder):
     """Keeps the iterates to step back to, and checks each walk once in float32 as it stops.
 
     sources: (N,C,H,W) float32 in [0,1] on the model's device; init_confs: (N,) float32 p0 at the
-    clean sources (float32, the guarantee's p0); pthresh: delta. Fills stepped_back (N,) int64:
+    clean sources (float32, the guarantee's p0); pthresh: delta; quantize: check and return the
+    candidates rounded to multiples of 1/255 (`as_stored`). Fills stepped_back (N,) int64:
     how many of its latest iterates the check refused before one passed (0: the walk's last
     iterate is its blind spot; HISTORY + 1: the blind spot is the clean source).
     """
 
     def __init__(self, model: nn.Module, sources: torch.Tensor, init_confs: torch.Tensor,
-                 pthresh: float) -> None:
+                 pthresh: float, quantize: bool = False) -> None:
         self.model, self.sources, self.init_confs, self.pthresh = model, sources, init_confs, pthresh
+        self.quantize = quantize
         self.stepped_back = torch.zeros(len(sources), dtype=torch.int64)
         self.before: torch.Tensor | None = None  # the walks' iterates before the step in flight
 
@@ -54,6 +62,11 @@ class Float32Check(Recorder):
         shifted = torch.cat([self.before.unsqueeze(1), previous[:, :-1]], dim=1)
         state.extra["previous"] = torch.where(accept.view(-1, *([1] * (previous.dim() - 1))),
                                               shifted, previous)
+
+    def as_stored(self, images: torch.Tensor) -> torch.Tensor:
+        """The images as a blind spot is returned: rounded to multiples of 1/255 with quantize,
+        unchanged otherwise."""
+        return (images * 255).round() / 255 if self.quantize else images
 
     def passes(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +84,7 @@ class Float32Check(Recorder):
         walks = stop.nonzero().squeeze(1)
         if len(walks) == 0:
             return
-        x = state.x[walks]
+        x = self.as_stored(state.x[walks])
         ok, probs = self.passes(x, state.label[walks], state.rows[walks])
         failed = (~ok).nonzero().squeeze(1)
         if len(failed):
@@ -86,16 +99,21 @@ class Float32Check(Recorder):
         """For walks (F,) whose iterate failed: the newest kept iterate that passes, else the
         clean source; returns images (F,C,H,W), float32 softmax (F,K), steps back (F,) int64."""
         kept = state.extra["previous"][walks]  # (F,HISTORY,C,H,W)
-        rows = state.rows[walks]
-        candidates = torch.cat([kept, self.sources[rows].unsqueeze(1)], dim=1)
+        rows, labels = state.rows[walks], state.label[walks]
+        sources = self.sources[rows]
+        candidates = self.as_stored(torch.cat([kept, sources.unsqueeze(1)], dim=1))
         n, k = candidates.shape[:2]
-        ok, probs = self.passes(candidates.flatten(0, 1), state.label[walks].repeat_interleave(k),
+        ok, probs = self.passes(candidates.flatten(0, 1), labels.repeat_interleave(k),
                                 rows.repeat_interleave(k))
-        ok = ok.view(n, k)
-        ok[:, -1] = True  # the clean source: p = p0 up to the batch's rounding
+        ok, probs = ok.view(n, k), probs.view(n, k, -1)
+        pick = torch.arange(n, device=ok.device)
         first = ok.int().argmax(dim=1)  # the first (newest) that passes
-        pick = torch.arange(n, device=first.device)
-        return candidates[pick, first], probs.view(n, k, -1)[pick, first], first + 1
+        images, probs = candidates[pick, first], probs[pick, first]
+        none = ~ok.any(dim=1)  # not even the (rounded) source: the clean source itself
+        if none.any():
+            images = torch.where(none.view(-1, *([1] * (images.dim() - 1))), sources, images)
+            probs = torch.where(none.view(-1, 1), self.passes(sources, labels, rows)[1], probs)
+        return images, probs, torch.where(none, k, first + 1)
 
     def finish(self, fields: dict) -> None:
         fields.update(stepped_back=self.stepped_back)

@@ -209,9 +209,10 @@ class MatchedRecorder(Recorder):
     while it walks; fills matched_images (N,F,C,H,W) on the model's device (zeros where never
     reached), matched_iters (N,F) (-1 there) and matched_confs (N,F) (NaN there).
 
-    check: under bf16/fp16 the walks' `lst.guard.Float32Check`: as a walk stops, its matched
-    iterates are checked in float32 like its blind spot; one that fails counts as not reached
-    (its walk got to f only outside the level set), and matched_confs are the float32 ones.
+    check: the walks' `lst.guard.Float32Check` (under bf16/fp16, or with quantize): as a walk
+    stops, its matched iterates are checked in float32 like its blind spot (rounded to 8 bits
+    with quantize); one that fails counts as not reached (its walk got to f only outside the
+    level set), and matched_confs are the float32 ones.
     """
 
     def __init__(self, fractions: Sequence[float], n: int, image_shape: Sequence[int],
@@ -251,6 +252,8 @@ class MatchedRecorder(Recorder):
         reached = iters >= 0  # (W,F)
         if self.check is not None and reached.any():
             walk = reached.nonzero()[:, 0]
+            images = images.clone()
+            images[reached] = self.check.as_stored(images[reached])
             ok, probs = self.check.passes(images[reached], state.label[stop][walk], rows[walk])
             confs[reached] = torch.where(
                 ok, probs.gather(1, state.label[stop][walk].view(-1, 1)).squeeze(1), float("nan"))
@@ -310,7 +313,7 @@ def recorders_for(model: nn.Module, settings: LSTSettings, sources: torch.Tensor
                   check: Recorder | None = None) -> list[Recorder]:
     """The recorders `settings` asks for, over the inputs `sources` ((N,C,H,W) on the model's
     device, sample ids `sample_ids`); `groups` (N,) with settings.diversity > 0 adds the push;
-    `check`: the walks' `lst.guard.Float32Check` under bf16/fp16 (matched iterates use it)."""
+    `check`: the walks' `lst.guard.Float32Check`, if any (matched iterates use it)."""
     n, shape = len(sources), sources.shape[1:]
     n_logs = len(range(0, settings.iters, settings.log_step))
     chosen: list[Recorder] = []

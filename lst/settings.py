@@ -68,6 +68,11 @@ class LSTSettings:
                 "blind spot is also checked in float32 when its walk stops, and stepped back to "
                 "the walk's latest iterate that passes (docs/design.md, 'Reduced precision')",
         "type": float})
+    quantize: bool = field(default=False, metadata={
+        "help": "8-bit blind spots: each walk's blind spot (and matched iterate) is rounded to "
+                "a multiple of 1/255 and checked in float32 as such, stepped back if it fails, "
+                "so its 8-bit copy is the blind spot itself; full_eval --get_final_imgs, which "
+                "stores and measures its images in 8 bits, turns it on"})
     schedule: str = field(default="fixed", metadata={
         "help": "fixed: every step moves step_size of the way (the paper's); adaptive: a step "
                 "size per sample that grows after accepted steps and shrinks after rejected "
@@ -191,7 +196,7 @@ class LSTSettings:
         acceptance_margin is the margin used (`margin`). Unless `complete`, fp32 without a
         margin leaves it out, the fixed schedule leaves out the schedule's fields, and diversity,
         matched_fractions, get_layers and layers are left out while off, so runs of the paper's
-        algorithm keep the run ids they had before these settings existed."""
+        algorithm keep the run ids they had before these settings existed (quantize too)."""
         values = dict(asdict(self), width_distances=list(self.width_distances),
                       matched_fractions=list(self.matched_fractions), layers=list(self.layers),
                       acceptance_margin=self.margin)
@@ -201,7 +206,7 @@ class LSTSettings:
             if self.schedule == "fixed":
                 for name in ("schedule", *ADAPTIVE_FIELDS):
                     values.pop(name)
-            for name, off in (("diversity", 0.0), ("matched_fractions", []),
+            for name, off in (("diversity", 0.0), ("matched_fractions", []), ("quantize", False),
                               ("get_layers", False), ("layers", [])):
                 if values[name] == off:
                     values.pop(name)

@@ -40,9 +40,10 @@ class LSTResult:
     final_confs: (N,) float32: source-class confidence at the final image, in float32 (with
         precision bf16/fp16 evaluated in float32 as the walk stopped, `lst.guard`). Every kept
         blind spot has init_confs - final_confs < pthresh, whatever the precision.
-    stepped_back: (N,) int64: 0, or under bf16/fp16 how many of the walk's latest iterates
-        failed the float32 check before one passed (`lst.guard.Float32Check`; HISTORY + 1: the
-        blind spot is the clean source).
+    stepped_back: (N,) int64: 0, or under bf16/fp16 (or with quantize) how many of the walk's
+        latest iterates failed the float32 check before one passed (`lst.guard.Float32Check`;
+        HISTORY + 1: the blind spot is the clean source). With settings.quantize every blind
+        spot and matched image is a multiple of 1/255.
     accept_rate: (N,) float32: fraction of the steps taken that were accepted.
     log_iters: (R,) int64: the iterations recorded (0, L, 2L, ... < iters).
     confs_over_path: (N,R,2) float32 or None: source- and target-class confidence at each
@@ -154,8 +155,8 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
         target_labels = predict(model, x_tgt)[0]
     walks = kept.nonzero().squeeze(1)
     schedule = schedule_for(settings, stop_distances)
-    check = (Float32Check(model, x_src, init_confs, settings.pthresh)
-             if settings.precision != "fp32" else None)
+    check = (Float32Check(model, x_src, init_confs, settings.pthresh, settings.quantize)
+             if settings.precision != "fp32" or settings.quantize else None)
     recorders = [*([check] if check else []), BlindSpots(x_src, x_tgt, init_confs, walks),
                  *recorders_for(model, settings, x_src, ids, groups, check), *recorders]
     diversity = next((r for r in recorders if isinstance(r, DiversityPush)), None)

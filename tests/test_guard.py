@@ -1,6 +1,7 @@
 """The level-set guarantee in reduced precision (lst.guard): a model whose bf16 confidence is
 biased upwards lets the walks accept steps that float32 refuses; every blind spot and matched
 iterate it returns is still in the level set in float32, and the walks say they were stepped back."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,3 +107,49 @@ def test_a_margin_makes_acceptance_stricter():
     assert ((strict.init_confs - strict.final_confs) < PTHRESH - 0.19).all()
     assert (strict.accept_rate <= loose.accept_rate).all()
     assert (strict.accept_rate < loose.accept_rate).any()
+
+
+def test_8_bit_blind_spots_are_checked_as_8_bit_images():
+    """Rounding a blind spot to 8 bits (what full_eval --get_final_imgs stores and measures) can
+    take it out of the level set, in fp32 too: with quantize the check is made on the rounded
+    image, which is the blind spot returned."""
+    model = small_cnn(gain=100.0)
+    x, y, t = pairs(model)
+    walk = dict(step_size=0.1, iters=40, pthresh=0.05)
+
+    def rounded_drops(result):
+        eight_bit = (result.final_images * 255).round() / 255
+        return (result.init_confs - lst.class_confidence_of(model, eight_bit, y))[result.kept]
+
+    plain = lst.level_set_traversal(model, x, y, t, **walk)
+    assert (rounded_drops(plain) >= 0.05).any()  # the hazard, on these walks
+    checked = lst.level_set_traversal(model, x, y, t, **walk, quantize=True)
+    assert (checked.stepped_back > 0).any() and (rounded_drops(checked) < 0.05).all()
+    assert torch.equal(checked.final_images * 255, (checked.final_images * 255).round())
+    p = lst.class_confidence_of(model, checked.final_images, y)
+    torch.testing.assert_close(checked.final_confs, p, rtol=0, atol=1e-6)
+
+
+def test_full_eval_with_final_images_stores_blind_spots_that_are_in_the_level_set(tmp_path):
+    import level_set_traversal as cli
+    from lst.results import load_results
+
+    argv = ["smallcnn-normal", "shapes", "--full_eval", "--num_samples", "6", "--rounds", "2",
+            "--iters", "30", "--pthresh", "0.05", "--get_final_imgs", "--quiet",
+            "--out_dir", str(tmp_path)]
+    args = cli.parse_args(argv)
+    assert cli.run_identity(args, cli.check_args(args))["settings"]["quantize"] is True
+    assert cli.main(argv) == 0
+    from models import load_model
+
+    saved = load_results(next(tmp_path.glob("*_fulleval_dict.pkl")))["results"]
+    model, _ = load_model("smallcnn-normal", "shapes")
+    images = torch.from_numpy(np.array(saved["final_images"])).float().div(255).flatten(0, 1)
+    labels = torch.from_numpy(saved["labels"]).repeat_interleave(2)
+    kept = torch.from_numpy(saved["kept"]).flatten()
+    p0 = torch.from_numpy(saved["init_confs"]).flatten()
+    drops = (p0 - lst.class_confidence_of(model, images, labels))[kept]
+    assert kept.any() and (drops < 0.05).all()
+    # the reported confidences are those of the stored 8-bit images
+    torch.testing.assert_close(torch.from_numpy(saved["final_confs"]).flatten()[kept],
+                               p0[kept] - drops, rtol=0, atol=1e-5)
