@@ -174,7 +174,8 @@ def defaults_note(preset: str | None, dataset: str) -> str:
         return f"--preset {preset}" if preset else ""
     flags = [f"--{k}" if v is True else f"--{k} {v:g}" if isinstance(v, float) else f"--{k} {v}"
              for k, v in own.items() if not (k == "preset" and preset)]
-    return (f"--preset {preset}, and " if preset else "") + f"the {dataset} dataset's defaults: {' '.join(flags)}"
+    own_note = f"the {dataset} dataset's defaults: {' '.join(flags)}"
+    return f"--preset {preset}, and {own_note}" if preset else own_note
 
 
 def preset_defaults(preset: str | None, dataset: str) -> dict:

@@ -14,10 +14,11 @@ and with --baseline a checkout of the code before the check (`git worktree add /
 400eef3`), interleaved and repeated --repeats times. Per model and tree the table gives the
 minimum wall time of the walks (`level_set_traversal` over batches of --batch_size, after one
 untimed forward pass), the pairs below p0 - delta when their blind spot is evaluated again in
-float32 here (p0 in float32 too), the largest such drop, the pairs below it once the blind spot
-is rounded to 8 bits (as full_eval --get_final_imgs stores it), the walks stepped back by the check (by how many iterates:
-1, 2, or 3 = the clean source), and the medians of passes and of the distance left. Name the CPU
-(lscpu) beside the figures.
+float32 here (p0 in float32 too), the largest such drop, the pairs below it once the blind
+spot is rounded to 8 bits (what full_eval --get_final_imgs stored before it walked with
+--quantize), the walks stepped back by the check (by how many iterates: 1, 2, or 3 = the clean
+source), and the medians of passes and of the distance left. Name the CPU (lscpu) beside the
+figures.
 """
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def main() -> None:
                          got["passes"], got["left"]])
     print(tabulate(rows, floatfmt=".3f", headers=[
         "model", "tree", "pairs", "s (min)", "s / before", "below p0 - delta (float32)",
-        "largest drop", "8-bit: below", "stepped back by 0,1,2,3", "passes (median)", "distance left (median)"]))
+        "largest drop", "8-bit: below", "stepped back by 0,1,2,3", "passes (median)",
+        "distance left (median)"]))
 
 
 if __name__ == "__main__":

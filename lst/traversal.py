@@ -162,7 +162,7 @@ def level_set_traversal(model: nn.Module, sources: torch.Tensor, labels: torch.T
     diversity = next((r for r in recorders if isinstance(r, DiversityPush)), None)
 
     def stop_walks(state, stop: torch.Tensor, i: int) -> None:
-        if check is not None:  # the blind spots in the level set in float32, before anyone reads them
+        if check is not None:  # the blind spots into the level set (float32) before anyone reads them
             check.verify(state, stop)
         for recorder in recorders:
             recorder.stopped(state, stop, i)
