@@ -548,7 +548,8 @@ def precision_note(results: dict, settings: LSTSettings, reason: str) -> str:
     stepped, share = results.get("stepped_back_walks", 0), results["float32_violations"]
     if stepped:
         note += (f"; {stepped} walk(s) stepped back into the level set by the float32 check"
-                 + (f" (margin {settings.margin:g})" if settings.margin else ""))
+                 + (f" (margin {settings.acceptance_margin:g})" if settings.acceptance_margin
+                    else ""))
     if share:
         note += f"; {share:.1%} of the pairs fall below p0 - pthresh in float32"
     return note

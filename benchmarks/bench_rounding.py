@@ -1,5 +1,5 @@
 """How far a reduced-precision walk misjudges the level-set test: the rounding that
-`lst.precision.ACCEPTANCE_MARGIN` must cover.
+`lst.precision.CONFIDENCE_ROUNDING` must cover.
 
     python benchmarks/bench_rounding.py --cifar_path DIR --threads 2
     python benchmarks/bench_rounding.py --cifar_path DIR --models resnet20-normal photos --num_pairs 50

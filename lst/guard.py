@@ -1,8 +1,8 @@
 """The level-set guarantee in reduced precision: every blind spot passes p0 - p < delta in float32.
 
-A walk in bf16 or fp16 decides each step with its own arithmetic's confidences, less the margin
-`LSTSettings.margin` (the measured rounding of that arithmetic). Rounding can still let a walk's
-last iterate out of the level set as float32 sees it. `Float32Check` closes that gap by
+A walk in bf16 or fp16 decides each step with its own arithmetic's confidences (less
+`LSTSettings.acceptance_margin`, 0 by default). Their rounding can let a walk's last iterate out
+of the level set as float32 sees it. `Float32Check` closes that gap by
 construction, without walking again:
 
 - while the walks go, it keeps each walk's HISTORY latest accepted iterates before its current

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .precision import ACCEPTANCE_MARGIN, PRECISIONS, check_precision
+from .precision import PRECISIONS, check_precision
 
 PAPER_ADV_STEP_SIZE = 1 / 255  # eps when the adversarial term is switched on (--adv_pert) alone
 SCHEDULES = ("fixed", "adaptive")
@@ -61,13 +61,13 @@ class LSTSettings:
                 "also auto: bf16 where the CPU or GPU has instructions for it, else fp32 (the "
                 "run key records the choice)",
         "choices": (*PRECISIONS, "auto")})
-    acceptance_margin: float | None = field(default=None, metadata={
-        "help": "m >= 0: a step is accepted only while p0 - p < delta - m, both confidences in "
-                "the walk's arithmetic; the default covers the measured rounding of the "
-                "precision (lst.precision.ACCEPTANCE_MARGIN: 0 in fp32). Under bf16/fp16 every "
-                "blind spot is also checked in float32 when its walk stops, and stepped back to "
-                "the walk's latest iterate that passes (docs/design.md, 'Reduced precision')",
-        "type": float})
+    acceptance_margin: float = field(default=0.0, metadata={
+        "help": "m >= 0: a step is accepted only while p0 - p < delta - m. Under bf16/fp16 every "
+                "blind spot is checked in float32 when its walk stops and stepped back to the "
+                "walk's latest iterate that passes (docs/design.md, 'Reduced precision'); a "
+                "margin as large as the arithmetic's rounding (lst.precision."
+                "CONFIDENCE_ROUNDING: bf16 0.012, fp16 0.002) makes step backs rarer for more "
+                "passes (the default 0: the check alone keeps the guarantee)"})
     quantize: bool = field(default=False, metadata={
         "help": "8-bit blind spots: each walk's blind spot (and matched iterate) is rounded to "
                 "a multiple of 1/255 and checked in float32 as such, stepped back if it fails, "
@@ -168,7 +168,7 @@ class LSTSettings:
         if not (math.isfinite(self.step_start) and self.step_min <= self.step_start <= 1):
             raise ValueError(f"step_start must be in [step_min, 1], got {self.step_start} "
                              f"(step_min {self.step_min})")
-        if self.acceptance_margin is not None and not 0 <= self.acceptance_margin < self.pthresh:
+        if not 0 <= self.acceptance_margin < self.pthresh:
             raise ValueError(f"acceptance_margin must be in [0, pthresh), got "
                              f"{self.acceptance_margin} (pthresh {self.pthresh})")
         if not (math.isfinite(self.diversity) and self.diversity >= 0):
@@ -184,24 +184,16 @@ class LSTSettings:
             raise ValueError(f"width_distances must be positive finite numbers, got "
                              f"{list(self.width_distances)}")
 
-    @property
-    def margin(self) -> float:
-        """The acceptance margin the walks use: acceptance_margin, or the precision's measured
-        default (`lst.precision.ACCEPTANCE_MARGIN`)."""
-        return (ACCEPTANCE_MARGIN[self.precision] if self.acceptance_margin is None
-                else float(self.acceptance_margin))
-
     def as_dict(self, complete: bool = False) -> dict:
         """The settings as plain values (tuples as lists), for results files and run keys.
-        acceptance_margin is the margin used (`margin`). Unless `complete`, fp32 without a
-        margin leaves it out, the fixed schedule leaves out the schedule's fields, and diversity,
+        Unless `complete`, fp32 without a margin leaves acceptance_margin out (a bf16/fp16 run
+        names it: its blind spots are checked, `lst.guard`), the fixed schedule leaves out the schedule's fields, and diversity,
         matched_fractions, get_layers and layers are left out while off, so runs of the paper's
         algorithm keep the run ids they had before these settings existed (quantize too)."""
         values = dict(asdict(self), width_distances=list(self.width_distances),
-                      matched_fractions=list(self.matched_fractions), layers=list(self.layers),
-                      acceptance_margin=self.margin)
+                      matched_fractions=list(self.matched_fractions), layers=list(self.layers))
         if not complete:
-            if self.precision == "fp32" and self.margin == 0:
+            if self.precision == "fp32" and self.acceptance_margin == 0:
                 values.pop("acceptance_margin")
             if self.schedule == "fixed":
                 for name in ("schedule", *ADAPTIVE_FIELDS):

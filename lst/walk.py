@@ -108,8 +108,8 @@ def lst_step(model: nn.Module, state: WalkState, schedule: Schedule, settings: L
     x' = clip(x + eta d_perp - a, 0, 1)                                    (the proposal)
     x <- x'  where  p0 - p_y(x') < delta - m                               (the acceptance test)
 
-    m is `settings.margin`: 0 in fp32, the measured rounding of the confidence in bf16/fp16
-    (`lst.precision.ACCEPTANCE_MARGIN`). eta d_perp is the schedule's `move` (the paper's fixed eta, or a step size per walk);
+    m is `settings.acceptance_margin` (default 0; under bf16/fp16 `lst.guard` checks the blind
+    spots in float32 whatever m). eta d_perp is the schedule's `move` (the paper's fixed eta, or a step size per walk);
     `push` (B,C,H,W), if given, is added to d_perp (the diversity of restarts). The forward and
     backward at x' give the next gradient of every accepted walk. Returns accept, (B,) bool,
     and the `Proposal` tried (for the schedule's `update`).
@@ -124,7 +124,7 @@ def lst_step(model: nn.Module, state: WalkState, schedule: Schedule, settings: L
     proposal = (state.x + move - state.adv).clamp(0, 1)
     probs, grad = confidence_and_grad(model, proposal, state.label, settings.precision)
     conf = probs.gather(1, state.label.view(-1, 1)).squeeze(1)
-    accept = (state.p0 - conf) < settings.pthresh - settings.margin
+    accept = (state.p0 - conf) < settings.pthresh - settings.acceptance_margin
     state.x = torch.where(accept.view(-1, 1, 1, 1), proposal, state.x)
     state.grad = torch.where(accept.view(-1, 1, 1, 1), grad, state.grad)
     state.probs = torch.where(accept.view(-1, 1), probs, state.probs)

@@ -83,15 +83,12 @@ def test_in_fp32_the_same_walks_are_never_stepped_back():
     assert (float32_drops(model, fp32, y) < PTHRESH).all()
 
 
-def test_the_acceptance_margin_is_the_precisions_unless_given():
-    from lst.precision import ACCEPTANCE_MARGIN
-
-    assert lst.LSTSettings().margin == 0
-    assert lst.LSTSettings(precision="bf16").margin == ACCEPTANCE_MARGIN["bf16"] > 0
-    assert lst.LSTSettings(precision="bf16", acceptance_margin=0.0).margin == 0
-    # the run key: fp32 runs keep their keys; a reduced-precision key names the margin it used
+def test_a_reduced_precision_run_key_names_its_margin_an_fp32_key_does_not():
+    """fp32 runs keep their keys; a bf16/fp16 key names its margin, so a run made before the
+    float32 check is never resumed or reused as a checked one."""
     assert "acceptance_margin" not in lst.LSTSettings().as_dict()
-    assert lst.LSTSettings(precision="bf16").as_dict()["acceptance_margin"] == ACCEPTANCE_MARGIN["bf16"]
+    assert lst.LSTSettings(precision="bf16").as_dict()["acceptance_margin"] == 0
+    assert lst.LSTSettings(acceptance_margin=0.01).as_dict()["acceptance_margin"] == 0.01
     with pytest.raises(ValueError, match="acceptance_margin"):
         lst.LSTSettings(pthresh=0.1, acceptance_margin=0.1)
 
