@@ -61,8 +61,7 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(f"--{f.name}", type=f.metadata.get("item_type") or type(default[0]),
                                nargs="+", default=list(default), help=help_text)
         else:
-            group.add_argument(f"--{f.name}", type=f.metadata.get("type") or type(default),
-                               default=default, help=help_text,
+            group.add_argument(f"--{f.name}", type=type(default), default=default, help=help_text,
                                choices=f.metadata.get("choices"))
 
 
@@ -166,10 +165,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def dataset_defaults(dataset: str) -> dict:
+    """The command line's defaults of a dataset (`lst.data.DatasetInfo.defaults`); {} for an
+    unknown name (check_args reports it)."""
+    return dict(DATASETS[dataset].defaults) if dataset in DATASETS else {}
+
+
 def defaults_note(preset: str | None, dataset: str) -> str:
-    """What the defaults of this run are, when a preset or the dataset sets them, e.g. 'photos'
-    defaults: --preset fast --min_confidence 0 --log_step 5 --get_images'; '' otherwise."""
-    own = dict(DATASETS[dataset].defaults) if dataset in DATASETS else {}
+    """What the defaults of this run are, when a preset or the dataset sets them, e.g. 'the
+    photos dataset's defaults: --preset fast --min_confidence 0 --log_step 5 --get_images';
+    '' otherwise."""
+    own = dataset_defaults(dataset)
     if not own:
         return f"--preset {preset}" if preset else ""
     flags = [f"--{k}" if v is True else f"--{k} {v:g}" if isinstance(v, float) else f"--{k} {v}"
@@ -181,9 +187,9 @@ def defaults_note(preset: str | None, dataset: str) -> str:
 def preset_defaults(preset: str | None, dataset: str) -> dict:
     """The flag defaults of --preset and of the dataset (`lst.data.DatasetInfo.defaults`; the
     named preset wins over the dataset's), as argparse destinations."""
-    own = dict(DATASETS[dataset].defaults) if dataset in DATASETS else {}
-    preset = preset or own.pop("preset", None)
-    own.pop("preset", None)
+    own = dataset_defaults(dataset)
+    own_preset = own.pop("preset", None)
+    preset = preset or own_preset
     values = {**PRESETS.get(preset, {}), **own}
     if values.get("adv_step_size") is not None:
         values["adv_pert"] = True
@@ -247,8 +253,10 @@ def check_args(args: argparse.Namespace) -> LSTSettings:
         settings = lst_settings(args)
     except ValueError as err:  # its message starts with the field's name, the flag's name
         raise DataError(f"--{err}") from None
-    if args.full_eval and args.get_final_imgs:  # it stores and measures 8-bit blind spots
-        settings = replace(settings, quantize=True)
+    if args.full_eval:
+        from lst.experiments import full_eval_settings
+
+        settings = full_eval_settings(settings, args.get_final_imgs)
     if args.compile and settings.schedule == "adaptive":
         print("warning: --compile with --schedule adaptive compiles the model again for every "
               "batch size as walks stop: 10 to 30 times slower end to end "

@@ -35,6 +35,8 @@ from tabulate import tabulate
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODELS = ("resnet20-normal", "vit-normal", "resnet20-linf", "photos")
+# lst.settings.PAPER_HYPERPARAMETERS, written out: a worker imports `lst` from the tree it
+# measures (the baseline has no such name), so this module imports nothing from lst itself
 PAPER = dict(step_size=1e-2, pthresh=0.2, adv_step_size=2e-3, iters=400)
 
 

@@ -7,10 +7,9 @@ full_eval keeps its partial state in a `RunStore` so that it resumes.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import logging
 import time
+from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -157,8 +156,8 @@ def run_examples(model: nn.Module, dataset: Dataset, classes: Sequence[int], set
     target_files (the K example images' file names),
     blind_spots (K,K,C,H,W) [source s, target t], the diagonal holding the originals;
     init_confs (K,), final_confs / kept / l2 / linf / ssim / lpips / passes / distance_left /
-    stepped_back (K,K), stepped_back_walks (`stepped_back_walks`); limbs (K,K,P) and straight (K,K,P): source-class confidence along source->blind
-    spot and source->target; hull_pairs (M,2) target pairs, hull_confs (K,M,66), and the path
+    stepped_back (K,K), stepped_back_walks (`stepped_back_walks`); limbs (K,K,P) and straight
+    (K,K,P): source-class confidence along source->blind spot and source->target; hull_pairs (M,2) target pairs, hull_confs (K,M,66), and the path
     recordings asked for, shaped (K,K,...). With transfer_models (name -> model of the same dataset):
     transfer_models (names) and the `lst.transfer.judge_pairs` arrays, (K,K,J) with
     J = 1 + len(transfer_models), judge 0 the model itself; NaN (pred -1) on the diagonal.
@@ -256,8 +255,8 @@ def _examples_restarts(model: nn.Module, run: dict, square: PairSquare, images: 
     spots = run["restart_final_images"]
     out = {"restart_blind_spots": square(spots, lambda s: images[s].numpy()[None])}
     for name in RESTART_FIELDS:
-        fill = 0 if name in ("passes", "stepped_back") else np.nan
-        out[f"restart_{name}"] = square(run[f"restart_{name}"], fill)
+        values = run[f"restart_{name}"]  # integer counts get 0 on the diagonal, the rest NaN
+        out[f"restart_{name}"] = square(values, 0 if values.dtype.kind == "i" else np.nan)
     geometry = restart_geometry(model, images[src], labels[src], images[tgt],
                                 torch.from_numpy(spots), hull_chunk, precision)
     out.update({key: square(value, np.nan) for key, value in geometry.items()})
@@ -289,6 +288,12 @@ def _examples_geometry(model: nn.Module, results: dict, square: PairSquare, imag
 def judges_of(model: nn.Module, transfer_models: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
     """The judges of `lst.transfer`: the traversed model itself first, then the others."""
     return {"": model, **transfer_models}
+
+
+def full_eval_settings(settings: LSTSettings, get_final_imgs: bool) -> LSTSettings:
+    """The settings a full_eval walks with: with get_final_imgs, whose blind spots are stored and
+    measured as 8-bit images, `quantize` on (they are checked in float32 as such, `lst.guard`)."""
+    return replace(settings, quantize=True) if get_final_imgs else settings
 
 
 def stepped_back_walks(run: dict) -> int:
@@ -386,8 +391,7 @@ def run_full_eval(model: nn.Module, dataset: Dataset, settings: LSTSettings, *, 
     started, origin = time.time(), provenance()
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if get_final_imgs:  # its blind spots are stored and measured in 8 bits: checked as such
-        settings = replace(settings, quantize=True)
+    settings = full_eval_settings(settings, get_final_imgs)
     run_key = run_key or (store.key if store is not None else None)
     if run_key is None:  # a run of the library without a key: what decides its results
         run_key = make_run_key(

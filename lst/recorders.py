@@ -252,11 +252,12 @@ class MatchedRecorder(Recorder):
         reached = iters >= 0  # (W,F)
         if self.check is not None and reached.any():
             walk = reached.nonzero()[:, 0]
+            labels = state.label[stop][walk]
             images = images.clone()
             images[reached] = self.check.as_stored(images[reached])
-            ok, probs = self.check.passes(images[reached], state.label[stop][walk], rows[walk])
-            confs[reached] = torch.where(
-                ok, probs.gather(1, state.label[stop][walk].view(-1, 1)).squeeze(1), float("nan"))
+            ok, probs = self.check.passes(images[reached], labels, rows[walk])
+            confs[reached] = torch.where(ok, probs.gather(1, labels.view(-1, 1)).squeeze(1),
+                                         float("nan"))
             refused = reached.clone()
             refused[reached] = ~ok
             iters[refused], images[refused] = -1, 0.0

@@ -187,9 +187,10 @@ class LSTSettings:
     def as_dict(self, complete: bool = False) -> dict:
         """The settings as plain values (tuples as lists), for results files and run keys.
         Unless `complete`, fp32 without a margin leaves acceptance_margin out (a bf16/fp16 run
-        names it: its blind spots are checked, `lst.guard`), the fixed schedule leaves out the schedule's fields, and diversity,
-        matched_fractions, get_layers and layers are left out while off, so runs of the paper's
-        algorithm keep the run ids they had before these settings existed (quantize too)."""
+        names it: its blind spots are checked, `lst.guard`), the fixed schedule leaves out the
+        schedule's fields, and diversity, matched_fractions, quantize, get_layers and layers are
+        left out while off, so runs of the paper's algorithm keep the run ids they had before
+        these settings existed."""
         values = dict(asdict(self), width_distances=list(self.width_distances),
                       matched_fractions=list(self.matched_fractions), layers=list(self.layers))
         if not complete:
